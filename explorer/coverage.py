@@ -1,0 +1,212 @@
+"""Held-out coverage: refit the shared basis without some models, measure what it captures of them.
+
+Every model enters the engine as a *side matrix* X_i (d x e): W_i in out-mode, W_i^T in
+in-mode, so the basis is always the left one.  One streaming pass accumulates, per cell of a
+partition of the models (the k folds, or the metadata groups), the Gram G_c = sum X_i X_i^T and
+the sum S_c = sum X_i.  The basis fitted *without* fold f then comes from the downdated sums
+
+    G_{-f} = G - G_f,   S_{-f} = S - S_f,   N_{-f} = N - |f|
+
+and centering (DESIGN.md) subtracts a matrix Z fitted on the same models:
+
+    sum (X_i - Z)(X_i - Z)^T = G - Z S^T - S Z^T + N Z Z^T,
+    Z = S / N (center=model)  or  Z = c 1^T with c the mean column of [X_1 ... X_N] (center=vector).
+
+No file is read again to refit; leave-one-out downdates by the one model being evaluated.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import OptionError
+
+
+def center_matrix(s: torch.Tensor, n: int, center: str) -> torch.Tensor | None:
+    """The matrix Z subtracted from every side matrix, from their sum ``s`` (d x e) over ``n`` models.
+
+    Returns None for ``center="none"``.
+    """
+    if center == "none" or n <= 0:
+        return None
+    if center == "model":
+        return s / n
+    if center == "vector":
+        c = s.sum(dim=1, keepdim=True) / (n * s.shape[1])
+        return c.expand_as(s)
+    raise OptionError(f"center {center!r} is not one of none, model, vector")
+
+
+def centered_gram(g: torch.Tensor, s: torch.Tensor, n: int, center: str) -> torch.Tensor:
+    """sum_i (X_i - Z)(X_i - Z)^T from the raw Gram ``g`` (d x d) and sum ``s`` (d x e)."""
+    z = center_matrix(s, n, center)
+    if z is None:
+        return g
+    zs = z @ s.T
+    return g - zs - zs.T + n * (z @ z.T)
+
+
+def eigh_top(gram: torch.Tensor, k: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Descending eigenvalues (numpy, clipped at 0) and the top-``k`` sign-fixed eigenvectors.
+
+    Returns
+    -------
+    eigenvalues : ndarray, shape (d,)
+    basis : Tensor, shape (d, min(k, d)), same device/dtype as ``gram``
+    """
+    gram = 0.5 * (gram + gram.T)
+    vals, vecs = torch.linalg.eigh(gram)
+    vals = torch.flip(vals, dims=[0]).clamp_min(0)
+    kk = min(k, vecs.shape[1])
+    vecs = torch.flip(vecs, dims=[1])[:, :kk]
+    idx = vecs.abs().argmax(dim=0)
+    signs = torch.sign(vecs[idx, torch.arange(kk, device=vecs.device)])
+    signs[signs == 0] = 1
+    return vals.cpu().double().numpy(), vecs * signs
+
+
+def fold_assignment(n_models: int, folds: int, seed: int = 0) -> np.ndarray:
+    """Assign each model to one of ``folds`` folds, balanced and seeded (shape (N,), ints).
+
+    Families are often stored ordered by task, so folds are a seeded shuffle, not contiguous.
+    """
+    if n_models < 2:
+        raise OptionError(f"held-out coverage needs at least 2 models, the family has {n_models}")
+    if folds < 2:
+        raise OptionError(f"k-fold coverage needs at least 2 folds, got {folds}")
+    folds = min(folds, n_models)
+    perm = np.random.default_rng(seed).permutation(n_models)
+    out = np.empty(n_models, dtype=np.int64)
+    out[perm] = np.arange(n_models) % folds
+    return out
+
+
+class PartitionGrams:
+    """Per-cell Gram and sum of side matrices, for one partition of the models.
+
+    Parameters
+    ----------
+    cells : ndarray of int, shape (N,)
+        Cell of each model, 0..n_cells-1 (fold or group index).
+    d, e : int
+        Side matrix shape.
+    dtype, device : torch dtype and device of the accumulation.
+    """
+
+    def __init__(self, cells: np.ndarray, d: int, e: int, dtype: torch.dtype, device: torch.device):
+        self.cells = np.asarray(cells, dtype=np.int64)
+        self.n_cells = int(self.cells.max()) + 1 if len(self.cells) else 0
+        self.gram = torch.zeros(self.n_cells, d, d, dtype=dtype, device=device)
+        self.sum = torch.zeros(self.n_cells, d, e, dtype=dtype, device=device)
+        self.count = np.bincount(self.cells, minlength=self.n_cells)
+
+    def add(self, i: int, x: torch.Tensor) -> None:
+        """Add model ``i``'s side matrix ``x`` (d x e) to its cell."""
+        c = int(self.cells[i])
+        self.gram[c].addmm_(x, x.T)
+        self.sum[c] += x
+
+    def total(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Raw Gram, sum and count over all models."""
+        return self.gram.sum(dim=0), self.sum.sum(dim=0), int(self.count.sum())
+
+    def cell(self, c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Raw Gram, sum and count of the models in cell ``c``."""
+        return self.gram[c], self.sum[c], int(self.count[c])
+
+    def without(self, c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Raw Gram, sum and count of all models *not* in cell ``c`` (the downdate)."""
+        g, s, n = self.total()
+        return g - self.gram[c], s - self.sum[c], n - int(self.count[c])
+
+    def nbytes(self) -> int:
+        return self.gram.element_size() * (self.gram.numel() + self.sum.numel())
+
+
+def captured_curve(u: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """One-sided captured energy ||U_k^T X||^2 / ||X||^2 for k = 1..u.shape[1].
+
+    Parameters
+    ----------
+    u : Tensor, shape (d, k)
+        Orthonormal basis.
+    x : Tensor, shape (d, e)
+
+    Returns
+    -------
+    ndarray, shape (k,)
+        Non-decreasing, in [0, 1]; zeros for a zero matrix.
+    """
+    tot = float((x * x).sum())
+    if tot <= 0:
+        return np.zeros(u.shape[1])
+    rows = ((u.T @ x) ** 2).sum(dim=1)
+    return np.clip(torch.cumsum(rows, 0).cpu().double().numpy() / tot, 0.0, 1.0)
+
+
+def mean_only(x: torch.Tensor, mu: torch.Tensor) -> tuple[float, float]:
+    """Mean-only baseline for one held-out model.
+
+    Returns
+    -------
+    captured : float
+        Share of ||X||^2 along the mean's direction, <X, mu>^2 / (||mu||^2 ||X||^2).
+    rel_error : float
+        ||X - mu|| / ||X||: relative error of reconstructing X by the mean itself.
+    """
+    xx = float((x * x).sum())
+    mm = float((mu * mu).sum())
+    if xx <= 0:
+        return 0.0, 0.0
+    xm = float((x * mu).sum())
+    cap = xm * xm / (mm * xx) if mm > 0 else 0.0
+    err = np.sqrt(max(xx - 2 * xm + mm, 0.0) / xx)
+    return float(min(max(cap, 0.0), 1.0)), float(err)
+
+
+def kernel_heldout(kmat: np.ndarray, train: np.ndarray, test: np.ndarray, k: int, center: str) -> np.ndarray:
+    """Held-out captured energy in model mode, from the model kernel K_ij = <W_i, W_j> alone.
+
+    The training models' principal directions in R^{mn} are v_l = X_t^T q_l / sqrt(lambda_l) for
+    the eigenpairs of their (centered) kernel, so a held-out model's coordinate on v_l is
+    (k_j . q_l) / sqrt(lambda_l): no parameter-space vector is ever formed.
+
+    Parameters
+    ----------
+    kmat : ndarray, shape (N, N)
+    train, test : ndarray of int
+        Model indices.
+    k : int
+        Largest rank reported.
+    center : {"none", "model", "vector"}
+        Both centerings subtract the training mean model in model mode.
+
+    Returns
+    -------
+    ndarray, shape (len(test), k)
+        Captured energy of each test model for rank 1..k (padded with the last value when the
+        training set has fewer than k non-zero directions).
+    """
+    ktt = kmat[np.ix_(train, train)]
+    kjt = kmat[np.ix_(test, train)]
+    kjj = kmat[test, test]
+    if center != "none":
+        rt = ktt.mean(axis=1)
+        at = ktt.mean()
+        rj = kjt.mean(axis=1)
+        ktt = ktt - rt[:, None] - rt[None, :] + at
+        kjt = kjt - rj[:, None] - rt[None, :] + at
+        kjj = kjj - 2 * rj + at
+    vals, vecs = np.linalg.eigh(0.5 * (ktt + ktt.T))
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    keep = vals > vals[0] * 1e-12 if vals[0] > 0 else np.zeros_like(vals, dtype=bool)
+    proj = (kjt @ vecs[:, keep]) ** 2 / vals[keep]
+    curve = np.cumsum(proj, axis=1)
+    out = np.zeros((len(test), k))
+    kk = min(k, curve.shape[1])
+    out[:, :kk] = curve[:, :kk]
+    if kk < k and kk > 0:
+        out[:, kk:] = curve[:, kk - 1 : kk]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(kjj[:, None] > 0, out / kjj[:, None], 0.0)
+    return np.clip(out, 0.0, 1.0)

@@ -1,0 +1,289 @@
+"""Compute :class:`~explorer.metrics.Metrics` by two more streaming passes over the models.
+
+Pass 1 accumulates, per fold and per metadata group, the Gram and sum of the side matrices
+(:class:`~explorer.coverage.PartitionGrams`) and the Gram of the other side; the fold and group
+bases then come from downdated sums, without reading anything again.  Pass 2 reads each model
+once more and measures it against the shared basis (in-sample energies, coordinates), against
+the basis fitted without its fold (k-fold) or without itself (leave-one-out, downdating the
+Gram by that one model), against the held-out mean (mean-only baseline), and computes its own
+top-k subspace (model x model angles).  Memory: O(folds * d^2 + groups * d^2 + e^2 + one model),
+independent of N, plus the N x mn model stack only when it is small or model mode needs it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import angles, coverage, nulls
+from .backend import pick_device, pick_dtype
+from .errors import InputError
+from .metrics import Metrics, MetricsOptions, kernel_scores, two_sided_curve
+
+ProgressFn = Callable[[int, int, str], None]
+_LOO_FLOPS = 2e10
+_MAX_GROUPS = 32
+
+
+def _side(w: torch.Tensor, mode: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    w = w.to(device=device, dtype=dtype)
+    return w if mode == "out" else w.T
+
+
+def _pick_groups(labels: Sequence[Mapping[str, str]], group_by: str, notes: list[str]):
+    """Group index per model (or None) for the metadata column chosen by ``group_by``."""
+    if group_by == "none":
+        return None, None, []
+    col = group_by
+    if group_by == "auto":
+        cols = set().union(*[set(lab) for lab in labels]) if labels else set()
+        col = "group" if "group" in cols else ("task" if "task" in cols else None)
+        if col is None:
+            return None, None, []
+    values = [lab.get(col) for lab in labels]
+    if any(v is None for v in values):
+        notes.append(f"group angles skipped: metadata column {col!r} is missing for some models")
+        return None, None, []
+    names = sorted(set(values))
+    if not 2 <= len(names) <= _MAX_GROUPS:
+        notes.append(f"group angles skipped: column {col!r} has {len(names)} values (need 2..{_MAX_GROUPS})")
+        return None, None, []
+    return col, np.array([names.index(v) for v in values]), names
+
+
+def _read(it: Iterable[torch.Tensor], n: int, progress: ProgressFn | None, label: str):
+    count = 0
+    for i, w in enumerate(it):
+        if i >= n:
+            raise InputError(f"the layer group yielded more than the {n} models it announced")
+        count += 1
+        yield i, w
+        if progress:
+            progress(i + 1, n, label)
+    if count != n:
+        raise InputError(f"expected {n} models, read {count}")
+
+
+def compute_metrics(
+    open_stream: Callable[[], Iterable[torch.Tensor]],
+    n_models: int,
+    shape: tuple[int, int],
+    basis: np.ndarray,
+    spectral_options,
+    mopts: MetricsOptions,
+    labels: Sequence[Mapping[str, str]] = (),
+    progress: ProgressFn | None = None,
+    null_ranks: Sequence[int] | None = None,
+) -> Metrics:
+    """Compute the metrics of one layer group.
+
+    Parameters
+    ----------
+    open_stream : callable() -> iterable of Tensor (m, n)
+        Starts a fresh pass over the models (called twice).
+    n_models : int
+    shape : (m, n)
+    basis : ndarray, shape (d, K)
+        The engine's shared basis for ``spectral_options.mode`` (d = m, n or N).
+    spectral_options : SpectralOptions
+        Mode, centering, dtype and device of the decomposition.
+    mopts : MetricsOptions
+    labels : sequence of mapping, one per model
+        Metadata labels, for group x group angles.
+    progress : callable(done, total, label), optional
+        Called once per model read, in each pass.
+    null_ranks : sequence of int, optional
+        LoRA rank of each model when the matrices are products s_i B_i A_i: the null then uses
+        Gaussian factors of those ranks instead of dense Gaussian matrices.
+    """
+    device = pick_device(spectral_options.device)
+    dtype = pick_dtype(spectral_options.dtype, device)
+    if spectral_options.mode == "model":
+        return _model_mode(open_stream, n_models, shape, basis, spectral_options, mopts, progress, device, dtype)
+    return _side_mode(open_stream, n_models, shape, basis, spectral_options, mopts, labels, progress, device, dtype,
+                      null_ranks)
+
+
+def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device, dtype, null_ranks) -> Metrics:
+    mode, center = so.mode, so.center
+    m, ncol = shape
+    d, e = (m, ncol) if mode == "out" else (ncol, m)
+    if basis.shape[0] != d:
+        raise InputError(f"basis has {basis.shape[0]} rows, the {mode}-mode side of {shape} has {d}")
+    notes: list[str] = []
+    budget = mopts.max_memory_mb * 2**20
+    per_cell = (d * d + d * e) * torch.tensor([], dtype=dtype).element_size()
+
+    folds = None
+    if mopts.folds >= 2 and n >= 2:
+        folds = coverage.fold_assignment(n, mopts.folds, mopts.seed)
+        if folds.max() + 1 > max(2, budget // per_cell):
+            notes.append(f"k-fold coverage skipped: {folds.max() + 1} fold Grams of {d}x{d} exceed max_memory_mb")
+            folds = None
+    elif mopts.folds >= 2:
+        notes.append("held-out coverage skipped: it needs at least 2 models")
+    group_by, groups, group_names = _pick_groups(labels, mopts.group_by, notes) if labels else (None, None, [])
+    if groups is not None and len(group_names) * per_cell > budget:
+        notes.append(f"group angles skipped: {len(group_names)} group Grams exceed max_memory_mb")
+        group_by, groups, group_names = None, None, []
+    keep_stack = n * m * ncol * 8 <= budget // 4
+
+    parts = coverage.PartitionGrams(folds if folds is not None else np.zeros(n, int), d, e, dtype, device)
+    gparts = coverage.PartitionGrams(groups, d, e, dtype, device) if groups is not None else None
+    other = torch.zeros(e, e, dtype=dtype, device=device)
+    stack = []
+    for i, w in _read(open_stream(), n, progress, "metrics: fitting folds"):
+        if tuple(w.shape) != tuple(shape):
+            raise InputError(f"model {i}: matrix of shape {tuple(w.shape)} does not match the group's {shape}")
+        x = _side(w, mode, device, dtype)
+        parts.add(i, x)
+        if gparts is not None:
+            gparts.add(i, x)
+        other.addmm_(x.T, x)
+        if keep_stack:
+            stack.append(x.reshape(-1).cpu().double())
+
+    g, s, _ = parts.total()
+    z = coverage.center_matrix(s, n, center)
+    if z is not None:
+        zs = z.T @ s
+        other = other - zs - zs.T + n * (z.T @ z)
+    kk = basis.shape[1]
+    _, v = coverage.eigh_top(other, kk)
+    u = torch.as_tensor(basis, dtype=dtype, device=device)
+    ka = max(1, min(mopts.k_angles, kk, d))
+
+    fold_fit = {}
+    if folds is not None:
+        for f in range(int(folds.max()) + 1):
+            gf, sf, nf = parts.without(f)
+            _, uf = coverage.eigh_top(coverage.centered_gram(gf, sf, nf, center), kk)
+            fold_fit[f] = (uf, coverage.center_matrix(sf, nf, center), sf / nf)
+    do_loo = n >= 3 and (mopts.loo == "on" or (mopts.loo == "auto" and n * d**3 <= _LOO_FLOPS))
+    if mopts.loo == "on" and n < 3:
+        notes.append("leave-one-out skipped: it needs at least 3 models")
+    elif mopts.loo == "auto" and not do_loo and n >= 3:
+        notes.append(f"leave-one-out skipped (loo=auto): {n} eigh of {d}x{d} is too costly; use loo='on'")
+
+    k2 = min(kk, v.shape[1])
+    out = {key: np.zeros((n, width)) for key, width in
+           (("one", kk), ("two", k2), ("kfold", kk), ("loo", kk))}
+    kc = min(mopts.k_coord, k2)
+    coords = np.zeros((n, kc * kc))
+    norms2 = np.zeros(n)
+    mean = {key: np.zeros(n) for key in ("kc", "ke", "lc", "le")}
+    own = []
+    for i, w in _read(open_stream(), n, progress, "metrics: measuring models"):
+        x = _side(w, mode, device, dtype)
+        xc = x - z if z is not None else x
+        norms2[i] = float((xc * xc).sum())
+        out["one"][i] = coverage.captured_curve(u, xc)
+        out["two"][i], core = two_sided_curve(u, xc, v[:, :k2])
+        block = core[:kc, :kc] if mode == "out" else core[:kc, :kc].T
+        coords[i] = block.reshape(-1)
+        if folds is not None:
+            uf, zf, muf = fold_fit[int(folds[i])]
+            out["kfold"][i] = coverage.captured_curve(uf, x - zf if zf is not None else x)
+            mean["kc"][i], mean["ke"][i] = coverage.mean_only(x, muf)
+        if do_loo:
+            gl, sl = g - x @ x.T, s - x
+            _, ul = coverage.eigh_top(coverage.centered_gram(gl, sl, n - 1, center), kk)
+            zl = coverage.center_matrix(sl, n - 1, center)
+            out["loo"][i] = coverage.captured_curve(ul, x - zl if zl is not None else x)
+            mean["lc"][i], mean["le"][i] = coverage.mean_only(x, sl / (n - 1))
+        own.append(angles.top_left_basis(xc.cpu().double().numpy(), ka))
+
+    ub = basis[:, :ka]
+    res = Metrics(norms2=norms2, energy_one=out["one"], energy_two=out["two"], coords=coords,
+                  other_basis=v.cpu().double().numpy(), notes=notes)
+    res.own_overlap = angles.overlap_matrix(own)
+    res.own_vs_universal = angles.overlap_matrix(own, [ub])[:, 0]
+    res.own_cosines = np.stack([np.pad(angles.principal_cosines(b, ub), (0, ka - min(b.shape[1], ka)))
+                                for b in own])
+    if folds is not None:
+        res.folds, res.heldout_kfold = folds, out["kfold"]
+        res.mean_kfold_captured, res.mean_kfold_error = mean["kc"], mean["ke"]
+    if do_loo:
+        res.heldout_loo, res.mean_loo_captured, res.mean_loo_error = out["loo"], mean["lc"], mean["le"]
+    if gparts is not None:
+        gb = []
+        for c in range(len(group_names)):
+            gg, sg, ng = gparts.cell(c)
+            gb.append(coverage.eigh_top(coverage.centered_gram(gg, sg, ng, center), ka)[1].cpu().double().numpy())
+        res.group_by, res.group_names = group_by, group_names
+        res.group_bases = np.stack(gb)
+        res.group_overlap = angles.overlap_matrix(gb)
+        res.group_vs_universal = angles.overlap_matrix(gb, [ub])[:, 0]
+    if keep_stack:
+        xs = torch.stack(stack)
+        if z is not None:
+            xs = xs - z.reshape(-1).cpu().double()
+        res.kernel = (xs @ xs.T).numpy()
+        res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
+    if mopts.null_draws:
+        if null_ranks is not None:
+            ranks = np.asarray(null_ranks, dtype=np.int64)
+            spec = nulls.factored_null_spec(norms2, d, ranks, {"none": 0, "model": int(ranks.max()), "vector": 1}[center])
+        else:
+            spec = nulls.dense_null_spec(norms2, d, e, {"none": 0, "model": e, "vector": 1}[center])
+        band = nulls.null_band(spec, mopts.null_draws, mopts.seed)
+        _set_null(res, band)
+    return res
+
+
+def _set_null(res: Metrics, band: nulls.NullBand) -> None:
+    res.null_evr_median, res.null_evr_lo, res.null_evr_hi = band.evr_median, band.evr_lo, band.evr_hi
+    res.null_cum_median, res.null_cum_lo, res.null_cum_hi = band.cum_median, band.cum_lo, band.cum_hi
+    res.mp_edge_evr, res.null_exact = band.mp_edge_evr, band.exact
+
+
+def _model_mode(open_stream, n, shape, basis, so, mopts, progress, device, dtype) -> Metrics:
+    """Model mode: everything follows from the N x N kernel of the models (one pass)."""
+    m, ncol = shape
+    notes: list[str] = []
+    if n * m * ncol * 8 > mopts.max_memory_mb * 2**20:
+        raise InputError(
+            f"model-mode metrics need the {n} x {m * ncol} model stack in memory "
+            f"({n * m * ncol * 8 / 2**20:.0f} MiB > max_memory_mb={mopts.max_memory_mb})"
+        )
+    rows = [w.reshape(-1).to(device=device, dtype=dtype) for _, w in _read(open_stream(), n, progress, "metrics: reading models")]
+    xs = torch.stack(rows)
+    raw = (xs @ xs.T).cpu().double().numpy()
+    j = np.eye(n) - 1.0 / n
+    kmat = j @ raw @ j if so.center != "none" else raw
+    kk = basis.shape[1]
+    scores, curves = kernel_scores(kmat, mopts.k_coord)
+    res = Metrics(norms2=np.diag(kmat).copy(), energy_one=curves[:, :kk], scores=scores, kernel=kmat, notes=notes)
+    idx = np.arange(n)
+    if mopts.folds >= 2 and n >= 2:
+        folds = coverage.fold_assignment(n, mopts.folds, mopts.seed)
+        res.folds, res.heldout_kfold = folds, np.zeros((n, kk))
+        res.mean_kfold_captured, res.mean_kfold_error = np.zeros(n), np.zeros(n)
+        for f in range(int(folds.max()) + 1):
+            test, train = idx[folds == f], idx[folds != f]
+            res.heldout_kfold[test] = coverage.kernel_heldout(raw, train, test, kk, so.center)
+            res.mean_kfold_captured[test], res.mean_kfold_error[test] = _kernel_mean_only(raw, train, test)
+    do_loo = n >= 3 and (mopts.loo == "on" or (mopts.loo == "auto" and n**4 <= _LOO_FLOPS))
+    if do_loo:
+        res.heldout_loo = np.zeros((n, kk))
+        res.mean_loo_captured, res.mean_loo_error = np.zeros(n), np.zeros(n)
+        for i in range(n):
+            train, test = idx[idx != i], np.array([i])
+            res.heldout_loo[i] = coverage.kernel_heldout(raw, train, test, kk, so.center)[0]
+            res.mean_loo_captured[test], res.mean_loo_error[test] = _kernel_mean_only(raw, train, test)
+    if mopts.null_draws:
+        _set_null(res, nulls.model_null_band(res.norms2, m * ncol, so.center != "none", mopts.null_draws, mopts.seed))
+    notes.append("model x model, group and two-sided metrics are defined for out/in modes only")
+    return res
+
+
+def _kernel_mean_only(raw: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-only baseline from the raw kernel: <x_j, mu>^2 / (|mu|^2 |x_j|^2) and |x_j - mu| / |x_j|."""
+    xm = raw[np.ix_(test, train)].mean(axis=1)
+    mm = raw[np.ix_(train, train)].mean()
+    xx = raw[test, test]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cap = np.where((xx > 0) & (mm > 0), xm**2 / (mm * xx), 0.0)
+        err = np.where(xx > 0, np.sqrt(np.clip(xx - 2 * xm + mm, 0, None) / xx), 0.0)
+    return np.clip(cap, 0.0, 1.0), err

@@ -1,0 +1,216 @@
+"""Hugging Face Hub sources: ``hf:org/repo[@rev][,org/repo...]`` and ``hf:Org/Prefix*`` globs.
+
+Files go through :func:`huggingface_hub.snapshot_download` into the standard HF cache
+(``$HF_HUB_CACHE``), downloading only what a model needs (``allow_patterns``): the adapter
+config and weights of a PEFT adapter, else the safetensors files (with their index), else the
+torch files, plus ``README.md`` for model-card labels.  With ``HF_HUB_OFFLINE=1`` everything
+resolves from the cache; a glob then matches the repos present in the cache (listing a Hub
+organisation needs the network).
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError
+from ..family import Family, ModelRef
+from .folder import load_model
+from .peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+ProgressFn = Callable[[int, int, str], None]
+PREFIX = "hf:"
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read now, not at import."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    if env is not None:
+        return env.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache() -> Path:
+    """The HF hub cache folder (``$HF_HUB_CACHE``, else huggingface_hub's default), read now."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def parse_spec(source: str) -> list[tuple[str, str | None]]:
+    """``hf:a/b@rev,c/d`` -> ``[("a/b", "rev"), ("c/d", None)]`` (globs are kept as given).
+
+    Raises
+    ------
+    InputError
+        If an entry is not ``org/repo`` (with an optional ``@revision``).
+    """
+    body = source[len(PREFIX):] if source.startswith(PREFIX) else source
+    out = []
+    for item in (s.strip() for s in body.split(",")):
+        if not item:
+            continue
+        repo, _, rev = item.partition("@")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise InputError(f"{source}: {item!r} is not ORG/REPO[@REVISION]")
+        out.append((repo, rev or None))
+    if not out:
+        raise InputError(f"{source}: names no repository (expected hf:ORG/REPO[,ORG/REPO...])")
+    return out
+
+
+def cached_repos(cache: Path) -> list[str]:
+    """Repo ids of the models present in an HF cache folder (``models--org--name``)."""
+    if not cache.is_dir():
+        return []
+    out = []
+    for p in sorted(cache.iterdir()):
+        if p.is_dir() and p.name.startswith("models--") and (p / "snapshots").is_dir():
+            org, _, name = p.name[len("models--"):].partition("--")
+            if org and name:
+                out.append(f"{org}/{name}")
+    return out
+
+
+def expand_glob(pattern: str, cache: Path) -> list[str]:
+    """Repo ids matching ``Org/Prefix*``: from the Hub when online, from the cache offline.
+
+    Raises
+    ------
+    InputError
+        If nothing matches.
+    """
+    if is_offline():
+        found = [r for r in cached_repos(cache) if fnmatch.fnmatchcase(r, pattern)]
+        where = f"the local HF cache {cache} (HF_HUB_OFFLINE is set)"
+    else:
+        from huggingface_hub import HfApi
+
+        org, _, name = pattern.partition("/")
+        stem = name.split("*")[0].split("?")[0]
+        try:
+            listed = [m.id for m in HfApi().list_models(author=org, search=stem or None)]
+        except Exception as exc:  # network down, Hub error: fall back to what the cache holds
+            listed = cached_repos(cache)
+            where = f"the local HF cache {cache} (Hub listing failed: {exc.__class__.__name__})"
+        else:
+            where = "the Hub"
+        found = sorted(r for r in listed if fnmatch.fnmatchcase(r, pattern))
+    if not found:
+        raise InputError(f"hf:{pattern}: matches no repository in {where}")
+    return found
+
+
+def choose_files(files: list[str]) -> list[str]:
+    """The files of a repo listing that a model needs (top level only).
+
+    A PEFT adapter: its config and weights.  Else the safetensors index and shards, else the
+    single safetensors files, else the torch index/shards or files.  ``README.md`` always.
+    """
+    top = {f for f in files if "/" not in f}
+    keep: list[str] = []
+    if ADAPTER_CONFIG in top:
+        keep = [ADAPTER_CONFIG] + [w for w in ADAPTER_WEIGHTS if w in top][:1]
+    else:
+        for ext in (".safetensors", ".bin", ".pt", ".pth"):
+            idx = sorted(f for f in top if f.endswith(ext + ".index.json"))
+            weights = sorted(f for f in top if f.endswith(ext))
+            if weights:
+                keep = idx[:1] + weights
+                break
+    if "README.md" in top:
+        keep.append("README.md")
+    return keep
+
+
+def _snapshot(repo: str, rev: str | None, cache: Path) -> tuple[Path, str]:
+    """Download (or find offline) what ``repo`` needs; return its snapshot folder and commit."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError
+
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    offline = is_offline()
+    listing: list[str] = []
+    commit = rev or "main"
+    if not offline:
+        try:
+            dry = snapshot_download(repo, revision=rev, cache_dir=cache, dry_run=True)
+            listing = [f.filename for f in dry]
+            commit = dry[0].commit_hash if dry else commit
+        except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
+            raise InputError(f"hf:{repo}: {str(exc).splitlines()[0]}") from None
+        except Exception:  # network down or Hub unavailable: work from the cache, as offline
+            offline = True
+    try:
+        if offline:
+            # The snapshot folder's own listing chooses the same files the online listing chose.
+            storage = cache / f"models--{repo.replace('/', '--')}"
+            ref = storage / "refs" / (rev or "main")
+            commit = ref.read_text().strip() if ref.is_file() else (rev or "")
+            snap = storage / "snapshots" / commit
+            listing = [p.name for p in snap.iterdir()] if commit and snap.is_dir() else []
+        patterns = choose_files(listing)
+        if not patterns and listing:
+            raise InputError(f"hf:{repo}: has no adapter, safetensors or torch weights at its top level")
+        folder = snapshot_download(
+            repo, revision=commit if not offline else rev, cache_dir=cache,
+            allow_patterns=patterns or None, local_files_only=offline,
+        )
+    except IncompleteSnapshotError as exc:
+        raise InputError(f"hf:{repo}: {str(exc).splitlines()[0]}") from None
+    except LocalEntryNotFoundError:
+        raise InputError(f"hf:{repo}{'@' + rev if rev else ''}: is not in the local HF cache {cache} "
+                         "and the Hub cannot be reached (or HF_HUB_OFFLINE is set)") from None
+    except HfHubHTTPError as exc:
+        raise InputError(f"hf:{repo}: the Hub refused it ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"hf:{repo}: cannot be fetched ({exc.__class__.__name__}: {exc})") from None
+    folder = Path(folder)
+    return folder, folder.name
+
+
+def load_hub(source: str, progress: ProgressFn | None = None, cache_dir: str | Path | None = None) -> Family:
+    """Resolve ``hf:...`` into a family: one model per repo, named by its repo id.
+
+    Parameters
+    ----------
+    source : str
+        ``hf:org/repo[@rev][,org/repo...]``, entries may be globs (``hf:Org/Prefix*``).
+    progress : callable(done, total, label), optional
+        Called after each repo.
+    cache_dir : path, optional
+        HF cache folder (default: the standard one, ``$HF_HUB_CACHE``).
+
+    Raises
+    ------
+    InputError
+        If no repo can be used; repos that fail are listed in ``Family.skipped``.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir else hub_cache()
+    repos: list[tuple[str, str | None]] = []
+    for repo, rev in parse_spec(source):
+        if any(c in repo for c in "*?["):
+            repos.extend((r, rev) for r in expand_glob(repo, cache))
+        else:
+            repos.append((repo, rev))
+    models: list[ModelRef] = []
+    skipped: list[str] = []
+    for i, (repo, rev) in enumerate(dict.fromkeys(repos)):
+        try:
+            folder, commit = _snapshot(repo, rev, cache)
+            labels = {"repo": repo, "revision": commit}
+            models.append(load_model(folder, repo, labels, source=f"hf:{repo}@{commit}"))
+        except InputError as exc:
+            skipped.append(f"{repo}: {exc}")
+        if progress is not None:
+            progress(i + 1, len(repos), repo)
+    return Family(name=source, source=source, models=models, skipped=skipped)

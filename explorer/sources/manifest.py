@@ -1,0 +1,168 @@
+"""Family manifests: a small YAML or JSON file that names a family's sources, base and labels.
+
+::
+
+    format: subspace-explorer/family/1
+    name: my-loras
+    sources: [hf:org/lora-a@3f2c..., ./more-adapters, zoo:planted]
+    base: hf:org/base-model@9ab1...        # optional
+    name_regex: 'seed(?P<seed>\\d+)'        # optional
+    labels: {org/lora-a: {task: qa}}       # optional, per model name
+
+A manifest path is a valid SOURCE.  Relative paths are relative to the manifest's folder.
+:func:`save_manifest` pins Hub revisions to the commits that were loaded, so a saved family
+reopens identically.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..errors import InputError
+from ..family import Family, ModelRef, labels_from_mapping
+from ..metadata import compile_name_regex, regex_labels
+
+FORMAT = "subspace-explorer/family/1"
+SUFFIXES = (".yaml", ".yml", ".json")
+ProgressFn = Callable[[int, int, str], None]
+
+
+def is_manifest(path: str | Path) -> bool:
+    """True if ``path`` is a file with a manifest suffix (``.yaml``, ``.yml``, ``.json``)."""
+    p = Path(path)
+    return p.is_file() and p.suffix.lower() in SUFFIXES
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Parse and check a manifest file.
+
+    Raises
+    ------
+    InputError
+        If it cannot be parsed, or ``sources`` is missing or not a list of strings.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot be parsed as a manifest ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a manifest must be a mapping with a 'sources' list")
+    sources = data.get("sources")
+    if isinstance(sources, str):
+        sources = [sources]
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+        raise InputError(f"{path}: field 'sources' must be a non-empty list of SOURCE strings")
+    labels = data.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, dict) for v in labels.values()):
+        raise InputError(f"{path}: field 'labels' must map model names to mappings of labels")
+    base = data.get("base")
+    if base is not None and not isinstance(base, str):
+        raise InputError(f"{path}: field 'base' must be one SOURCE string")
+    return {**data, "sources": sources, "labels": labels}
+
+
+def _absolute(source: str, folder: Path) -> str:
+    if ":" in source.split("/")[0] and not Path(source).is_absolute():
+        return source  # zoo:NAME, hf:...
+    p = Path(source).expanduser()
+    return str(p if p.is_absolute() else (folder / p).resolve())
+
+
+def resolve_base(source: str, progress: ProgressFn | None = None) -> ModelRef:
+    """The one model a base SOURCE names (a file, a model folder, ``hf:org/repo[@rev]``).
+
+    Raises
+    ------
+    InputError
+        If it does not resolve to exactly one model.
+    """
+    from .folder import is_model_dir, load_model
+    from .resolve import load_family
+
+    p = Path(source).expanduser()
+    if p.is_file() or (p.is_dir() and is_model_dir(p)):
+        return load_model(p, "base", source=str(p))
+    fam = load_family(source, progress=progress)
+    if len(fam) != 1:
+        raise InputError(f"base {source!r}: resolves to {len(fam)} models; a base must be one model")
+    return replace(fam.models[0], name="base")
+
+
+def load_manifest(path: str | Path, progress: ProgressFn | None = None, _depth: int = 0) -> Family:
+    """Load the family a manifest describes (models of all sources, in order).
+
+    Raises
+    ------
+    InputError
+        If the manifest is invalid, or no source yields a usable model.  Models that fail, and
+        models whose name repeats an earlier source's, are listed in ``Family.skipped``.
+    """
+    from .resolve import load_family
+
+    path = Path(path).expanduser().resolve()
+    if _depth > 4:
+        raise InputError(f"{path}: manifests nest more than 4 deep (a manifest lists itself?)")
+    data = read_manifest(path)
+    rx = compile_name_regex(data.get("name_regex"))
+    models: list[ModelRef] = []
+    skipped: list[str] = []
+    parts = tuple(_absolute(s, path.parent) for s in data["sources"])
+    for src in parts:
+        fam = load_family(src, progress=progress, _depth=_depth + 1)
+        skipped.extend(fam.skipped)
+        have = {m.name for m in models}
+        for m in fam.models:
+            if m.name in have:
+                skipped.append(f"{m.name}: from {src} repeats the name of a model of an earlier source")
+                continue
+            extra = {**regex_labels(rx, m.name), **data["labels"].get(m.name, {})}
+            models.append(replace(m, labels=labels_from_mapping({**m.label_dict, **extra})) if extra else m)
+    base_src = _absolute(data["base"], path.parent) if data.get("base") else None
+    base = resolve_base(base_src, progress) if base_src else None
+    return Family(
+        name=str(data.get("name") or path.stem), source=str(path), models=models, skipped=skipped,
+        base=base, parts=parts, base_source=base_src,
+    )
+
+
+def manifest_dict(family: Family) -> dict[str, Any]:
+    """The manifest of a family, with Hub sources pinned to the commits loaded."""
+    sources: list[str] = []
+    for part in family.parts:
+        if part.startswith("hf:"):
+            sources.extend(m.source for m in family.models if m.source.startswith("hf:"))
+        else:
+            sources.append(part)
+    out: dict[str, Any] = {"format": FORMAT, "name": family.name, "sources": list(dict.fromkeys(sources))}
+    if family.base is not None:
+        out["base"] = family.base.source if family.base.source.startswith("hf:") else family.base_source or family.base.source
+    labels = {m.name: m.label_dict for m in family.models if m.labels}
+    if labels:
+        out["labels"] = labels
+    return out
+
+
+def save_manifest(family: Family, path: str | Path) -> Path:
+    """Write the family's manifest (YAML, or JSON when ``path`` ends in ``.json``); return its path.
+
+    Raises
+    ------
+    InputError
+        If ``path`` has another suffix than ``.yaml``, ``.yml`` or ``.json``.
+    """
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in SUFFIXES:
+        raise InputError(f"{path}: a manifest file must end in .yaml, .yml or .json")
+    data = manifest_dict(family)
+    text = json.dumps(data, indent=2) if path.suffix.lower() == ".json" else yaml.safe_dump(data, sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,116 @@
+"""Browser uploads: files written into a content-addressed folder under the cache root.
+
+The folder is ``<cache root>/uploads/<sha256 of names and contents>``, so uploading the same
+files again reuses it and its SOURCE string (the folder path) reopens the family later.  Files
+may carry relative paths (``adapter-1/adapter_config.json``) to upload model folders, and a
+``.zip`` is unpacked in place, which is how several PEFT adapter folders travel through a
+browser's file picker.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from ..errors import InputError
+from ..family import Family
+from ..paths import cache_root
+from .folder import is_model_dir, load_folder
+
+# Refuse archives that would unpack to more than this (a zip bomb must not fill the disk).
+MAX_UNPACKED_BYTES = 64 * 1024**3
+
+
+def _safe_relpath(name: str) -> PurePosixPath:
+    rel = PurePosixPath(name.replace("\\", "/"))
+    parts = [p for p in rel.parts if p not in ("", ".")]
+    if not parts or rel.is_absolute() or ".." in parts:
+        raise InputError(f"upload {name!r}: is not a plain relative file name")
+    return PurePosixPath(*parts)
+
+
+def _unzip(data: bytes, name: str, dest: Path) -> None:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        if sum(i.file_size for i in infos) > MAX_UNPACKED_BYTES:
+            raise InputError(f"upload {name!r}: unpacks to more than {MAX_UNPACKED_BYTES >> 30} GiB")
+        for info in infos:
+            rel = _safe_relpath(info.filename)
+            if rel.parts[0] == "__MACOSX":
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise InputError(f"upload {name!r}: is not a readable zip archive ({exc})") from None
+
+
+def upload_dir(files: Sequence[tuple[str, bytes]]) -> Path:
+    """Write uploaded files into their content-addressed folder (once) and return it.
+
+    Raises
+    ------
+    InputError
+        If nothing was uploaded, a name is not a plain relative path, or a zip is unreadable.
+    """
+    if not files:
+        raise InputError("upload: no files were given")
+    entries = sorted((str(_safe_relpath(n)), bytes(d)) for n, d in files)
+    h = hashlib.sha256()
+    for n, d in entries:
+        h.update(n.encode() + b"\0" + hashlib.sha256(d).digest())
+    folder = cache_root() / "uploads" / h.hexdigest()[:24]
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        for n, d in entries:
+            if n.lower().endswith(".zip"):
+                _unzip(d, n, tmp)
+                continue
+            target = tmp / n
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(d)
+                fh.flush()
+                os.fsync(fh.fileno())
+        try:
+            os.rename(tmp, folder)  # atomic: a half-written upload is never seen under its name
+        except OSError:
+            if not folder.is_dir():  # another process won the race with identical content
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def family_from_uploads(
+    files: Sequence[tuple[str, bytes]], name: str | None = None, name_regex: str | None = None
+) -> Family:
+    """Build a family from uploaded ``(filename, bytes)`` pairs.
+
+    Each weight file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) is a model; files under a
+    relative folder (or inside a ``.zip``) form model folders (PEFT adapters, sharded
+    checkpoints); ``metadata.csv`` and ``base.*`` work as in a local folder.
+
+    Returns
+    -------
+    Family
+        Its ``source`` is the upload folder's path, a valid SOURCE for later sessions.
+    """
+    folder = upload_dir(files)
+    root = folder
+    entries = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    # A zip of one folder of models unpacks to that folder: the family is inside it.
+    if len(entries) == 1 and entries[0].is_dir() and not is_model_dir(entries[0]):
+        root = entries[0]
+    return load_folder(root, name=name or f"upload-{folder.name[:8]}", source=str(root), name_regex=name_regex)

@@ -1,0 +1,165 @@
+"""The content-addressed results cache: hit, miss, corruption, key invalidation, concurrency."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explorer.analysis import analyze, analyze_cached, cache_key
+from explorer.cache import ResultCache, decode, encode, file_fingerprint
+from explorer.metrics import MetricsOptions
+from explorer.sources.resolve import load_family
+from explorer.spectral import SpectralOptions
+
+MO = MetricsOptions(null_draws=2, folds=3)
+
+
+@pytest.fixture
+def fam_dir(family_factory, monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    mats = {f"m{i}": {"layers.0.weight": rng.standard_normal((8, 6))} for i in range(5)}
+    labels = {f"m{i}": {"group": "ab"[i % 2]} for i in range(5)}
+    return family_factory("fam", mats, labels)
+
+
+def _counting(calls):
+    return lambda done, total, label: calls.append(label)
+
+
+def _entries(root: Path) -> list[Path]:
+    return sorted((root / "cache" / "results").glob("*/*.sxr"))
+
+
+def test_encode_decode_roundtrip_and_damage():
+    arrays = {"a": np.arange(6.0).reshape(2, 3), "b": np.array([1, 2], dtype=np.int64)}
+    blob = encode(arrays, {"x": 1.5, "names": ["p"]})
+    got = decode(blob)
+    assert got is not None
+    np.testing.assert_array_equal(got[0]["a"], arrays["a"])
+    assert got[1] == {"x": 1.5, "names": ["p"]}
+    for pos in (2, len(blob) // 2, len(blob) - 1):
+        bad = bytearray(blob)
+        bad[pos] ^= 0xFF
+        assert decode(bytes(bad)) is None
+    assert decode(blob[:-5]) is None
+    assert decode(b"") is None
+
+
+def test_miss_then_hit_identical(fam_dir, tmp_path):
+    calls: list[str] = []
+    a = analyze_cached(str(fam_dir), "layers.0", metrics=MO, progress=_counting(calls))
+    assert not a.from_cache and calls
+    n_calls = len(calls)
+    b = analyze_cached(str(fam_dir), "layers.0", metrics=MO, progress=_counting(calls))
+    assert b.from_cache and len(calls) == n_calls  # nothing read or computed again
+    assert a.cache_key == b.cache_key == cache_key(str(fam_dir), "layers.0", metrics=MO)
+    assert len(_entries(tmp_path)) == 1
+    np.testing.assert_array_equal(a.spectrum.eigenvalues, b.spectrum.eigenvalues)
+    np.testing.assert_array_equal(a.metrics.heldout_kfold, b.metrics.heldout_kfold)
+    assert a.to_json() | {"cache_key": None} == b.to_json() | {"cache_key": None}
+
+
+def test_repeated_uncached_runs_are_identical(fam_dir):
+    fam = load_family(str(fam_dir))
+    a = analyze(fam, "layers.0", metrics=MO)
+    b = analyze(fam, "layers.0", metrics=MO)
+    np.testing.assert_array_equal(a.spectrum.basis, b.spectrum.basis)
+    for name in ("energy_one", "energy_two", "coords", "heldout_kfold", "null_cum_median", "own_overlap"):
+        np.testing.assert_array_equal(getattr(a.metrics, name), getattr(b.metrics, name))
+
+
+def test_corrupted_entry_is_recomputed(fam_dir, tmp_path):
+    a = analyze_cached(str(fam_dir), "layers.0", metrics=MO)
+    (entry,) = _entries(tmp_path)
+    blob = bytearray(entry.read_bytes())
+    blob[len(blob) // 2] ^= 0x5A
+    entry.write_bytes(bytes(blob))
+    calls: list[str] = []
+    b = analyze_cached(str(fam_dir), "layers.0", metrics=MO, progress=_counting(calls))
+    assert not b.from_cache and calls  # recomputed, not served
+    np.testing.assert_array_equal(a.spectrum.eigenvalues, b.spectrum.eigenvalues)
+    assert decode(entry.read_bytes()) is not None  # and rewritten intact
+    entry.write_bytes(b"")  # a truncated entry too
+    assert not analyze_cached(str(fam_dir), "layers.0", metrics=MO).from_cache
+
+
+def test_key_follows_content_and_options(fam_dir):
+    src = str(fam_dir)
+    base = cache_key(src, "layers.0")
+    assert base == cache_key(src, "layers.0")
+    assert cache_key(src, "layers.0", options=SpectralOptions(mode="in")) != base
+    assert cache_key(src, "layers.0", metrics=MetricsOptions(folds=4)) != base
+    assert cache_key(src, "layers.0", metrics=None) != base
+    f = next(Path(fam_dir).rglob("m0.safetensors"))
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cache_key(src, "layers.0") != base
+    fp = file_fingerprint(f)
+    assert set(fp) == {"path", "size", "mtime_ns", "header_sha256"}
+
+
+def test_result_io_roundtrip(fam_dir, tmp_path):
+    from explorer import result_io
+
+    fam = load_family(str(fam_dir))
+    a = analyze(fam, "layers.0", metrics=MO)
+    path = tmp_path / "r.sxr"
+    result_io.save(a, str(path))
+    b = result_io.load(str(path))
+    assert b.group == a.group and b.options == a.options and b.metrics_options == a.metrics_options
+    assert b.labels == a.labels and b.models == a.models
+    assert b.metrics.group_names == a.metrics.group_names and b.metrics.notes == a.metrics.notes
+    assert b.metrics.mp_edge_evr == a.metrics.mp_edge_evr
+    np.testing.assert_array_equal(b.metrics.folds, a.metrics.folds)
+    np.testing.assert_array_equal(b.spectrum.basis, a.spectrum.basis)
+    assert b.to_json() == a.to_json()
+    path.write_bytes(path.read_bytes()[:-3])
+    from explorer.errors import InputError
+
+    with pytest.raises(InputError, match="checksum"):
+        result_io.load(str(path))
+
+
+def _worker(cache_dir: str, src: str, log: str, barrier, out) -> None:
+    os.environ["EXPLORER_CACHE_DIR"] = cache_dir
+
+    def progress(done, total, label):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {label}\n")
+
+    barrier.wait()
+    res = analyze_cached(src, "layers.0", metrics=MO, progress=progress)
+    out.put((res.cache_key, res.spectrum.eigenvalues.tobytes(), res.from_cache))
+
+
+def test_concurrent_processes_compute_once(fam_dir, tmp_path):
+    # fork: the children inherit the imported modules, so the test does not pay 4 torch imports.
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    log = tmp_path / "log.txt"
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "cache"), str(fam_dir), str(log), barrier, out))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    computing = {line.split()[0] for line in log.read_text().splitlines()}
+    assert len(computing) == 1  # exactly one process read the models
+    assert sum(1 for r in results if not r[2]) == 1
+    assert len({(r[0], r[1]) for r in results}) == 1  # everybody got the same bytes
+    assert len(_entries(tmp_path)) == 1
+
+
+def test_cache_store_is_atomic(tmp_path):
+    cache = ResultCache(tmp_path / "results")
+    cache.store("ab" * 32, {"x": np.ones(3)}, {"k": 1})
+    files = list((tmp_path / "results").rglob("*"))
+    assert not [f for f in files if f.name.endswith(".tmp")]
+    (arrays, meta), hit = cache.get_or_compute("ab" * 32, lambda: pytest.fail("must not compute"))
+    assert hit and meta == {"k": 1}

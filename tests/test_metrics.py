@@ -1,0 +1,136 @@
+"""Per-model energies, coordinates, k(tau) and model-mode scores against explicit float64 numpy.
+
+Tolerance: 1e-10 absolute on energies in [0, 1] and 1e-9 relative on coordinates (float64 run).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.errors import OptionError
+from explorer.metrics import MetricsOptions, energy_at, k_table
+from explorer.metrics_pass import compute_metrics
+from explorer.spectral import SpectralOptions, decompose
+
+TOL = 1e-10
+
+
+def _family(n=7, m=9, k=6, seed=0, scale_spread=True):
+    rng = np.random.default_rng(seed)
+    ws = [rng.standard_normal((m, k)) * (1 + i if scale_spread else 1) + 0.5 for i in range(n)]
+    return ws
+
+
+def _run(ws, mode, center, mopts=MetricsOptions(null_draws=2), progress=None):
+    so = SpectralOptions(mode=mode, center=center, device="cpu")
+    opener = lambda: (torch.from_numpy(w) for w in ws)  # noqa: E731
+    sp = decompose(opener(), len(ws), ws[0].shape, so)
+    met = compute_metrics(opener, len(ws), ws[0].shape, sp.basis, so, mopts, progress=progress)
+    return sp, met
+
+
+def _centered_side(ws, mode, center):
+    xs = [w if mode == "out" else w.T for w in ws]
+    s = sum(xs)
+    if center == "model":
+        z = s / len(xs)
+    elif center == "vector":
+        z = np.repeat(s.sum(axis=1, keepdims=True) / (len(xs) * s.shape[1]), s.shape[1], axis=1)
+    else:
+        z = np.zeros_like(s)
+    return [x - z for x in xs]
+
+
+@pytest.mark.parametrize("mode", ["out", "in"])
+@pytest.mark.parametrize("center", ["none", "model", "vector"])
+def test_energies_and_coordinates_match_numpy(mode, center):
+    ws = _family()
+    sp, met = _run(ws, mode, center)
+    xs = _centered_side(ws, mode, center)
+    # Reference bases from an explicit SVD of the two unfoldings of the centered matrices.
+    u = np.linalg.svd(np.concatenate(xs, axis=1))[0]
+    v = np.linalg.svd(np.concatenate([x.T for x in xs], axis=1))[0]
+    assert np.allclose(np.abs(sp.basis.T @ u[:, : sp.basis.shape[1]]).max(axis=1), 1, atol=1e-8)
+    kk = met.energy_one.shape[1]
+    for i, x in enumerate(xs):
+        tot = (x**2).sum()
+        assert met.norms2[i] == pytest.approx(tot, rel=1e-12)
+        one = np.array([((u[:, :k].T @ x) ** 2).sum() / tot for k in range(1, kk + 1)])
+        np.testing.assert_allclose(met.energy_one[i], one, atol=TOL)
+        k2 = met.energy_two.shape[1]
+        two = np.array([((u[:, :k].T @ x @ v[:, :k]) ** 2).sum() / tot for k in range(1, k2 + 1)])
+        np.testing.assert_allclose(met.energy_two[i], two, atol=TOL)
+        # Coordinates C_i = U_out^T W_i V_in with the engine's own (sign-fixed) bases.
+        kc = int(np.sqrt(met.coords.shape[1]))
+        ub, vb = torch.as_tensor(sp.basis), torch.as_tensor(met.other_basis)
+        core = (ub[:, :kc].T @ torch.as_tensor(x) @ vb[:, :kc]).numpy()
+        expect = core if mode == "out" else core.T
+        np.testing.assert_allclose(met.coords[i], expect.reshape(-1), rtol=1e-9, atol=1e-12)
+    assert np.all(np.diff(met.energy_one, axis=1) >= -1e-12)
+    assert np.all(met.energy_two <= met.energy_one[:, : met.energy_two.shape[1]] + 1e-12)
+    # The full basis captures everything.
+    if kk == xs[0].shape[0]:
+        np.testing.assert_allclose(met.energy_one[:, -1], 1.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("center", ["none", "model"])
+def test_model_mode_curves_and_scores(center):
+    ws = _family(n=8, m=5, k=4)
+    sp, met = _run(ws, "model", center)
+    x = np.stack([w.reshape(-1) for w in ws])
+    if center != "none":
+        x = x - x.mean(axis=0)
+    uu, s, vt = np.linalg.svd(x, full_matrices=False)
+    np.testing.assert_allclose(met.kernel, x @ x.T, rtol=1e-12, atol=1e-9)
+    for i in range(len(ws)):
+        tot = (x[i] ** 2).sum()
+        ref = np.cumsum((x[i] @ vt.T) ** 2) / tot
+        np.testing.assert_allclose(met.energy_one[i], ref[: met.energy_one.shape[1]], atol=TOL)
+    # Centering leaves one zero direction, whose score is rounding noise: compare the others.
+    k = min(met.scores.shape[1], int((s > 1e-8 * s[0]).sum()))
+    np.testing.assert_allclose(np.abs(met.scores[:, :k]), np.abs(uu[:, :k] * s[:k]), atol=1e-9)
+
+
+def test_kernel_scores_in_side_modes_match_numpy():
+    ws = _family(n=5, m=4, k=3)
+    _, met = _run(ws, "out", "model")
+    xs = np.stack([x.reshape(-1) for x in _centered_side(ws, "out", "model")])
+    np.testing.assert_allclose(met.kernel, xs @ xs.T, rtol=1e-12, atol=1e-10)
+
+
+def test_k_table_matches_spectrum():
+    ws = _family(n=10, m=12, k=8, seed=3)
+    sp, _ = _run(ws, "out", "none", MetricsOptions(folds=0, loo="off", null_draws=0))
+    table = k_table(sp.cumulative)
+    assert set(table) == {"0.5", "0.8", "0.9", "0.95", "0.99"}
+    for tau, k in table.items():
+        assert k == sp.k_at(float(tau))
+        assert sp.cumulative[k - 1] >= float(tau) - 1e-12
+        assert k == 1 or sp.cumulative[k - 2] < float(tau)
+
+
+def test_energy_at_lookup_and_bounds():
+    curves = np.array([[0.1, 0.5, 1.0], [0.2, 0.3, 0.9]])
+    np.testing.assert_array_equal(energy_at(curves, 2), [0.5, 0.3])
+    with pytest.raises(OptionError, match="k must lie in 1..3"):
+        energy_at(curves, 4)
+
+
+def test_progress_called_once_per_model_per_pass():
+    ws = _family(n=5)
+    calls = []
+    _run(ws, "out", "none", progress=lambda d, t, label: calls.append((d, t, label)))
+    labels = sorted({c[2] for c in calls})
+    assert len(labels) == 2
+    for label in labels:
+        assert [c[0] for c in calls if c[2] == label] == [1, 2, 3, 4, 5]
+
+
+def test_metrics_options_validation():
+    with pytest.raises(OptionError, match="folds"):
+        MetricsOptions(folds=1)
+    with pytest.raises(OptionError, match="loo"):
+        MetricsOptions(loo="maybe")
+    with pytest.raises(OptionError, match="k_coord"):
+        MetricsOptions(k_coord=0)
