@@ -1,31 +1,95 @@
 """Subspace Explorer — home and tour.  Run with ``streamlit run app.py``."""
+import numpy as np
 import streamlit as st
 
 import ui
-from explorer.figures import scree_figure
+from explorer.embedding import embed
+from explorer.errors import ExplorerError
+from explorer.figures import coverage_figure, cumulative_overlay_figure, embedding_figure, scree_figure
+from explorer.generalization import coverage_curves
+
+TOUR_FAMILY, TOUR_LAYER = "zoo:digits-mlp-finetune", "layers.1"
+CONTRASTS = (("fine-tunes of one base", "zoo:digits-mlp-finetune"), ("trained from scratch", "zoo:digits-mlp-scratch"),
+             ("untrained (random init)", "zoo:digits-random-init"))
 
 sel = ui.page_setup("Home", "🧭")
 st.title("Subspace Explorer")
 st.markdown(
-    "Do networks of one architecture, trained on different tasks, data and seeds, share a few "
-    "dominant directions in each layer's weights? This tool stacks a **family** of models layer by "
-    "layer, computes the **joint spectral decomposition**, and shows how much of the family's weight "
-    "energy a few shared directions hold — always beside the baselines that decide whether that "
-    "structure is real."
+    "Do networks of one architecture, trained on different tasks, data and seeds, share a few dominant "
+    "directions in each layer's weights — the *Universal Weight Subspace Hypothesis*? This tool stacks a "
+    "**family** of models layer by layer, computes the **joint spectral decomposition**, and shows how much of "
+    "the family's weight energy a few shared directions hold — always beside the baselines that decide whether "
+    "that structure is real. The tour below runs live on the built-in zoo; the sidebar picks any family for "
+    "the other pages."
 )
-if sel is None:
+
+
+def tour_sel(source: str) -> ui.Selection:
+    return ui.Selection(source=source, layer=TOUR_LAYER, view="full", mode="out", center="none",
+                        tau=sel.tau if sel else 0.9)
+
+
+try:
+    for _, src in CONTRASTS:
+        ui._ensure_zoo(src)
+    main = ui.compute(tour_sel(TOUR_FAMILY))
+except ExplorerError as exc:
+    st.error(str(exc))
     st.stop()
-res = ui.analysis(sel)
-if res is None:
-    st.stop()
-sp = res.spectrum
-c1, c2, c3 = st.columns(3)
-c1.metric("Models in the family", sp.n_models)
-c2.metric(f"Components for τ = {sel.tau:g}", sp.k_at(sel.tau), help="smallest k whose cumulative EVR ≥ τ")
-c3.metric("Dimension of the space", len(sp.eigenvalues))
-st.markdown(
-    f"**The scree curve** of `{res.group.name}` ({sel.mode}-mode): each bar is the share of the family's "
-    "weight energy along one shared direction, the line their running total. A sharp knee means a few "
-    "shared directions carry most of the weights. Open **Spectrum** in the sidebar for the full view."
-)
-st.plotly_chart(scree_figure(sp, sel.tau), key="home_scree")
+m = main.metrics
+table = ui.metadata_table(main)
+steps = st.tabs(["1 · A model family", "2 · The scree curve", "3 · Against null families",
+                 "4 · Held-out models", "5 · Accuracy after projection"])
+with steps[0]:
+    st.markdown(
+        f"A **family** is N models of one architecture: here {len(main.models)} fine-tunes of one pretrained MLP "
+        "on different digit tasks. Each point is one model, placed by its coordinates in the family's shared basis "
+        f"of `{TOUR_LAYER}`; colour shows its task group."
+    )
+    pts = embed(m.coords, "pca", 2)
+    st.plotly_chart(embedding_figure(pts, table, "task_group" if "task_group" in table else None,
+                                     title="Fine-tunes, placed by their shared-basis coordinates"), key="tour_family")
+with steps[1]:
+    st.markdown(
+        "Stack the family's matrices and decompose them jointly: each bar is the share of all the weight energy "
+        "along one shared direction. A steep drop means a few shared directions carry most of every model."
+    )
+    st.plotly_chart(scree_figure(main.spectrum, tour_sel(TOUR_FAMILY).tau, max_components=40,
+                                 null_evr=(m.null_evr_median, m.null_evr_lo, m.null_evr_hi), mp_edge_evr=m.mp_edge_evr,
+                                 title=f"Fine-tunes · {TOUR_LAYER}: scree against the Gaussian null"), key="tour_scree")
+with steps[2]:
+    st.markdown(
+        "A steep curve alone proves little: fine-tunes share their base, and random matrices have spectra too. "
+        "Compare families trained from scratch, untrained networks, and a strength-matched Gaussian null (dashed)."
+    )
+    try:
+        curves = [(label, ui.compute(tour_sel(src)).spectrum.cumulative) for label, src in CONTRASTS]
+    except ExplorerError as exc:
+        st.error(str(exc))
+        curves = []
+    st.plotly_chart(cumulative_overlay_figure(curves, tour_sel(TOUR_FAMILY).tau, max_components=64,
+                                              null=("Gaussian null (median)", m.null_cum_median),
+                                              title=f"{TOUR_LAYER}: cumulative EVR by family"), key="tour_null")
+with steps[3]:
+    st.markdown(
+        "A subspace fitted on some models should also hold models it never saw. Held-out curves fit the basis "
+        "without each model's fold; the mean-only line reconstructs a held-out model by the mean model alone — "
+        "for fine-tunes it is high, because most of every model is the shared base (the critics' point)."
+    )
+    cov = coverage_curves(main)
+    st.plotly_chart(coverage_figure(cov.curves, bands=cov.bands, levels=cov.levels, max_k=64,
+                                    title="Captured energy of held-out fine-tunes"), key="tour_heldout")
+with steps[4]:
+    st.markdown(
+        "The paper's central test: replace a layer by its projection onto k shared directions and measure "
+        "accuracy. If a few components keep each task's accuracy, the shared subspace is functionally real."
+    )
+    from explorer.projection import accuracy_against_k
+    from explorer.figures import accuracy_figure
+
+    ks = (1, 2, 4, 8, 16, 32, 64)
+    acc = accuracy_against_k(main, ks)
+    st.plotly_chart(accuracy_figure(np.array(ks), acc.by_group, original=acc.original_by_group, chance=acc.chance,
+                                    title=f"Fine-tunes: accuracy with {TOUR_LAYER} projected onto k components"),
+                    key="tour_accuracy")
+st.caption("Next: open **Spectrum**, **Overlap**, **Embedding** or **Generalization** in the sidebar for any family.")

@@ -23,7 +23,7 @@ from .views import VIEWS, stream_for_view  # noqa: F401  (VIEWS re-exported)
 
 # Bump whenever a change to the engine or the metrics changes any stored number: it is part of
 # every cache key, so old entries are simply not found again.
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "3"
 __all__ = ["Analysis", "ENGINE_VERSION", "TAUS", "analyze", "analyze_cached", "cache_key"]
 
 
@@ -127,16 +127,18 @@ class Analysis:
 
 
 def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None) -> Spectrum:
-    """The engine call: the factored engine for LoRA dW when it exists, else the dense one."""
+    """The engine call: the factored engine for LoRA dW (a FactorStream), else the dense one.
+
+    The stream's ``open`` itself (not one iterator) is handed over, so the engine may take the
+    several passes its randomized path needs.
+    """
     if hasattr(stream, "ranks") and hasattr(stream, "dense"):
         try:
             from .factored import decompose_factored
-        except ImportError:
-            decompose_factored = None
-        if decompose_factored is not None:
-            return decompose_factored(stream.open(), stream.n_models, stream.shape, options, progress)
-        stream = stream.dense()
-    return decompose(stream.open(), stream.n_models, stream.shape, options, progress)
+        except ImportError:  # the factored engine is optional: densify one model at a time
+            return decompose(stream.dense().open, stream.n_models, stream.shape, options, progress)
+        return decompose_factored(stream.open, stream.n_models, stream.shape, options, progress)
+    return decompose(stream.open, stream.n_models, stream.shape, options, progress)
 
 
 def _resolve(family: Family, layer: str | LayerGroup, view: str | None) -> tuple[LayerGroup, str]:
@@ -174,14 +176,15 @@ def analyze(
     """
     group, view = _resolve(family, layer, view)
     stream = stream_for_view(family, group, view)
+    if hasattr(stream, "check"):
+        stream.check(options.mode, options.center, f"view {view!r} of {group.name!r}")
     spectrum = _spectrum(stream, options, progress)
     labels = [m.label_dict for m in family.models]
     result = None
     if metrics is not None:
-        dense = stream.dense() if hasattr(stream, "dense") else stream
-        ranks = getattr(stream, "ranks", None)
-        result = compute_metrics(dense.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
-                                 labels, progress, null_ranks=ranks)
+        # A FactorStream yields (B, A, s) triples, which the metrics passes keep factored.
+        result = compute_metrics(stream.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
+                                 labels, progress, null_ranks=getattr(stream, "ranks", None))
     return Analysis(
         family=family.name,
         source=family.source,
@@ -229,7 +232,7 @@ def cache_key(
 
 
 def analyze_cached(
-    source: str,
+    source: str | Family,
     layer: str,
     view: str | None = None,
     options: SpectralOptions = SpectralOptions(),
@@ -246,7 +249,8 @@ def analyze_cached(
     from .result_io import from_payload, to_payload
     from .sources.resolve import load_family
 
-    family = load_family(source, progress=progress)
+    # A Family (e.g. loaded with a base model or a name regex) is used as it is.
+    family = source if isinstance(source, Family) else load_family(source, progress=progress)
     group, view = _resolve(family, layer, view)
     key = _key_for(family, group, view, options, metrics)
     store = cache or ResultCache()

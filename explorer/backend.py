@@ -1,4 +1,4 @@
-"""Device and dtype policy: cuda -> mps -> cpu, overridable; results come back as numpy."""
+"""Device and dtype policy: cuda -> mps -> cpu (overridable), fp16/bf16 upcast; results come back as numpy."""
 from __future__ import annotations
 
 import torch
@@ -47,3 +47,20 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "mps" and name == "float64":
         raise OptionError("--dtype float64 is not supported on MPS; use --dtype float32")
     return DTYPES[name]
+
+
+def as_compute(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Move a stored tensor to the accumulation dtype and device.
+
+    fp16/bf16 (and integer) inputs are upcast: they are storage formats, and summing squares
+    of many of them in half precision would lose most of the spectrum's tail.
+
+    Parameters
+    ----------
+    t : Tensor, any shape
+    dtype : torch.float64 or torch.float32
+    device : torch.device
+    """
+    if t.dtype == dtype and t.device == device:
+        return t
+    return t.to(device=device, dtype=dtype)

@@ -16,6 +16,7 @@ from typing import Iterable
 from .errors import InputError
 from .family import Family, TensorInfo
 from .sources.naming import LORA_A, LORA_B, canonical_name, is_lora_tensor, lora_part
+from .sources.readers import FLOAT_DTYPES
 
 _NUM = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
 
@@ -96,17 +97,29 @@ def _dense_groups(family: Family, heads: dict[str, dict[str, TensorInfo]]) -> li
     for t in names:
         shapes = {m: h[t].shape for m, h in heads.items() if t in h}
         shape = _majority(shapes)
-        problems = tuple(
-            (m, f"tensor {t!r} is missing") if m not in shapes else (m, f"tensor {t!r} has shape {shapes[m]}, expected {shape}")
-            for m in heads if shapes.get(m) != shape
-        )
-        dtype = next(heads[m][t].dtype for m in shapes if shapes[m] == shape)
+        problems = []
+        for m in heads:
+            if m not in shapes:
+                problems.append((m, f"tensor {t!r} is missing"))
+            elif shapes[m] != shape:
+                problems.append((m, f"tensor {t!r} has shape {shapes[m]}, expected {shape}"))
+            elif heads[m][t].dtype not in FLOAT_DTYPES:
+                problems.append((m, _dtype_problem(t, heads[m][t].dtype)))
+            elif min(shape) == 0:
+                problems.append((m, f"tensor {t!r} is empty (shape {shape})"))
+        good = [m for m in shapes if shapes[m] == shape and heads[m][t].dtype in FLOAT_DTYPES and min(shape) > 0]
+        if not good:
+            continue  # integer/bool 2-D buffers (masks, indices) are not weights
         name = t[: -len(".weight")]
         mtype, idx = module_type_of(name)
         in_base = t in base and base[t].shape == shape
-        out.append(LayerGroup(name, t, mtype, idx, (shape[0], shape[1]), dtype, len(heads) - len(problems),
-                              problems=problems, in_base=in_base))
+        out.append(LayerGroup(name, t, mtype, idx, (shape[0], shape[1]), heads[good[0]][t].dtype, len(good),
+                              problems=tuple(problems), in_base=in_base))
     return out
+
+
+def _dtype_problem(tensor: str, dtype: str) -> str:
+    return f"tensor {tensor!r} has dtype {dtype}, which cannot be analysed (supported: {', '.join(FLOAT_DTYPES)})"
 
 
 def _lora_groups(family: Family, heads: dict[str, dict[str, TensorInfo]]) -> list[LayerGroup]:
@@ -129,6 +142,11 @@ def _lora_groups(family: Family, heads: dict[str, dict[str, TensorInfo]]) -> lis
                 problems.append((m, f"LoRA factor {a_name if a is None else b_name!r} is missing"))
             elif len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1]:
                 problems.append((m, f"LoRA factors of {mod!r} do not fit: A {a.shape}, B {b.shape}"))
+            elif min(a.shape + b.shape) == 0:
+                problems.append((m, f"LoRA factors of {mod!r} are empty: A {a.shape}, B {b.shape}"))
+            elif a.dtype not in FLOAT_DTYPES or b.dtype not in FLOAT_DTYPES:
+                problems.append((m, _dtype_problem(a_name if a.dtype not in FLOAT_DTYPES else b_name,
+                                                   a.dtype if a.dtype not in FLOAT_DTYPES else b.dtype)))
             else:
                 shapes[m] = (b.shape[0], a.shape[1])
                 ranks[m] = a.shape[0]
@@ -257,3 +275,28 @@ def usable_family(family: Family, group: LayerGroup) -> Family:
     members = {m.name for m in family.models}
     bad = {m: why for m, why in group.problems if m in members}
     return family.without(bad) if bad else family
+
+
+def catalog_table(catalog: Iterable[LayerGroup]) -> list[dict[str, object]]:
+    """One JSON-ready row per group: name, kind, module type, layer, shape, dtype, rank(s), count."""
+    return [
+        {"name": g.name, "kind": g.kind, "module_type": g.module_type, "layer": g.index,
+         "shape": list(g.shape), "dtype": g.dtype, "rank": g.rank, "ranks": list(g.ranks),
+         "n_models": g.n_models, "in_base": g.in_base, "missing": list(g.missing)}
+        for g in catalog
+    ]
+
+
+def describe_family(family: Family) -> dict[str, object]:
+    """A JSON-ready summary of a family and its catalog (what ``inspect SOURCE --json`` prints)."""
+    md = family.metadata
+    return {
+        "name": family.name,
+        "source": family.source,
+        "kind": family.kind,
+        "n_models": len(family),
+        "models": md.astype(object).where(md.notna(), None).to_dict("records"),
+        "skipped": list(family.skipped),
+        "base": family.base.source if family.base is not None else None,
+        "groups": catalog_table(build_catalog(family)),
+    }

@@ -19,34 +19,67 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m explorer",
         description="Subspace Explorer: joint spectral analysis of model families "
         "(the Universal Weight Subspace Hypothesis).",
-        epilog="SOURCE is a folder of weight files or zoo:NAME (see `zoo list`).",
+        epilog="SOURCE: a folder (safetensors, sharded checkpoints, PEFT adapters, torch state dicts), a weight "
+        "file, a family manifest (.yaml/.json), hf:ORG/REPO[@REV][,ORG/REPO...] or hf:ORG/PREFIX*, or zoo:NAME "
+        "(see `zoo list`). Exit codes: 0 ok, 2 bad input, 1 internal error.",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # --quiet is accepted after the subcommand too; SUPPRESS keeps it from overriding the global one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    z = sub.add_parser("zoo", help="build or list the built-in model families")
+    z = sub.add_parser("zoo", parents=[common], help="build or list the built-in model families")
     zsub = z.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
-    zb = zsub.add_parser("build", help="build/refresh built-in families (default: the default set)")
+    zb = zsub.add_parser("build", parents=[common], help="build/refresh built-in families (default: the default set)")
     zb.add_argument("names", nargs="*", metavar="NAME")
     zb.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    zsub.add_parser("list", help="list the built-in families and whether they are built")
+    zsub.add_parser("list", parents=[common], help="list the built-in families and whether they are built")
 
-    i = sub.add_parser("inspect", help="models, layer groups, shapes, formats of a SOURCE")
+    i = sub.add_parser("inspect", parents=[common], help="models, layer groups, shapes, formats of a SOURCE")
     i.add_argument("source", metavar="SOURCE")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _family_args(i)
 
-    a = sub.add_parser("analyze", help="joint spectral decomposition of one layer group")
+    a = sub.add_parser("analyze", parents=[common], help="joint spectral decomposition of one layer group")
     a.add_argument("source", metavar="SOURCE")
     a.add_argument("--layer", required=True, metavar="GROUP", help="layer group (see `inspect`)")
-    a.add_argument("--view", default="full", choices=["full", "delta", "A", "B", "dW"])
+    _decomposition_args(a)
+    a.add_argument("--json", dest="json_file", metavar="FILE", help="write the full result as JSON")
+    a.add_argument("--out", metavar="DIR", help="also write CSVs and the basis/coordinates as safetensors")
+    _family_args(a)
+    _cache_args(a)
+
+    r = sub.add_parser("report", parents=[common], help="self-contained HTML report + CSV + basis .safetensors")
+    r.add_argument("source", metavar="SOURCE")
+    r.add_argument("--layer", action="append", metavar="GROUP",
+                   help="layer group, repeatable (default: up to 8 groups from the catalog)")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _decomposition_args(r)
+    _family_args(r)
+    _cache_args(r)
+    return p
+
+
+def _decomposition_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--view", default=None, choices=["full", "delta", "A", "B", "dW"],
+                   help="default: dW for LoRA adapters, full for dense checkpoints")
     a.add_argument("--mode", default="out", choices=["out", "in", "model"])
     a.add_argument("--center", nargs="?", const="model", default="none", choices=["none", "model", "vector"],
                    help="centering convention (a bare --center means model)")
     a.add_argument("--k", type=int, default=16, help="components to report (default 16)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     a.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    a.add_argument("--json", dest="json_file", metavar="FILE", help="write the full result as JSON")
-    return p
+
+
+def _family_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", metavar="SOURCE", help="base model for the delta view (file, folder or hf:ORG/REPO)")
+    p.add_argument("--name-regex", metavar="RE", help="regex with named groups turning model names into labels")
+
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", help="results cache folder (default: cache/results)")
+    p.add_argument("--no-cache", action="store_true", help="compute without reading or writing the cache")
 
 
 def _cmd_zoo(args, progress) -> int:
@@ -62,66 +95,115 @@ def _cmd_zoo(args, progress) -> int:
     for name in names:
         registry.get_recipe(name)  # validate every name before building anything
     for name in names:
+        recipe = registry.get_recipe(name)
+        if recipe.expected_seconds and (args.force or not registry.is_built(name)):
+            # Say how long before starting: the on-demand families take minutes.
+            print(f"building zoo:{name}: about {max(1, round(recipe.expected_seconds / 60))} min on 2 cores",
+                  file=sys.stderr, flush=True)
         path = registry.build(name, force=args.force, progress=progress)
         print(f"zoo:{name} ready at {path}")
     return 0
 
 
 def _cmd_inspect(args, progress) -> int:
-    from .catalog import build_catalog
-    from .sources.resolve import load_family
+    from .catalog import build_catalog, describe_family
 
-    fam = load_family(args.source, progress=progress)
-    cat = build_catalog(fam)
+    fam = _load(args, progress)
     if args.json:
-        out = {
-            "family": fam.name,
-            "source": fam.source,
-            "n_models": len(fam),
-            "models": fam.metadata.astype(str).to_dict("records"),
-            "skipped": fam.skipped,
-            "layer_groups": [
-                {"name": g.name, "tensor": g.tensor, "module_type": g.module_type, "index": g.index,
-                 "shape": list(g.shape), "dtype": g.dtype, "n_models": g.n_models}
-                for g in cat
-            ],
-        }
-        print(json.dumps(out, indent=2))
+        print(json.dumps(describe_family(fam), indent=2, default=str))
         return 0
-    print(f"{fam.name}: {len(fam)} models from {fam.source}")
+    cat = build_catalog(fam)
+    base = f", base {fam.base.source}" if fam.base is not None else ""
+    print(f"{fam.name}: {len(fam)} {fam.kind} models from {fam.source}{base}")
     for s in fam.skipped:
         print(f"  skipped: {s}")
-    print(f"{'layer group':<40} {'shape':>12} {'dtype':>6} {'models':>7}")
+    print(f"{'layer group':<44} {'kind':>5} {'shape':>12} {'rank':>5} {'dtype':>6} {'models':>7}")
     for g in cat:
-        print(f"{g.name:<40} {'x'.join(map(str, g.shape)):>12} {g.dtype:>6} {g.n_models:>7}")
+        rank = "" if g.kind != "lora" else (str(g.rank) if g.rank is not None else "mixed")
+        print(f"{g.name:<44} {g.kind:>5} {'x'.join(map(str, g.shape)):>12} {rank:>5} {g.dtype:>6} {g.n_models:>7}")
     return 0
 
 
-def _cmd_analyze(args, progress) -> int:
-    from .analysis import analyze
-    from .errors import OptionError
+def _load(args, progress):
     from .sources.resolve import load_family
+
+    return load_family(args.source, progress=progress, base=getattr(args, "base", None),
+                       name_regex=getattr(args, "name_regex", None))
+
+
+def _options(args):
+    from .errors import OptionError
     from .spectral import SpectralOptions
 
     if args.k < 1:
         raise OptionError(f"--k must be >= 1, got {args.k}")
-    opts = SpectralOptions(mode=args.mode, center=args.center, dtype=args.dtype, device=args.device)
-    fam = load_family(args.source, progress=progress)
-    res = analyze(fam, args.layer, view=args.view, options=opts, progress=progress)
+    return SpectralOptions(mode=args.mode, center=args.center, dtype=args.dtype, device=args.device)
+
+
+def _run(args, fam, layer: str, progress):
+    """One analysis through the disk cache (unless --no-cache), sharing the app's pipeline."""
+    from .analysis import analyze, analyze_cached
+    from .cache import ResultCache
+
+    opts = _options(args)
+    if args.no_cache:
+        return analyze(fam, layer, view=args.view, options=opts, progress=progress)
+    cache = ResultCache(args.cache_dir) if args.cache_dir else None
+    return analyze_cached(fam, layer, args.view, opts, progress=progress, cache=cache)
+
+
+def _cmd_analyze(args, progress) -> int:
+    fam = _load(args, progress)
+    res = _run(args, fam, args.layer, progress)
     if args.json_file:
-        path = Path(args.json_file)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(res.to_json(), indent=2))
-        tmp.replace(path)
+        _atomic_write(Path(args.json_file), json.dumps(res.to_json(), indent=2).encode())
+    if args.out:
+        from .report import models_table, spectrum_table
+        from .export import basis_safetensors
+        from .generalization import coverage_curves
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / "spectrum.csv", spectrum_table(res).to_csv(index=False).encode())
+        _atomic_write(out / "models.csv", models_table(res, res.spectrum.k_at(0.9)).to_csv(index=False).encode())
+        _atomic_write(out / "coverage.csv", coverage_curves(res).table().to_csv(index=False).encode())
+        _atomic_write(out / "basis.safetensors", basis_safetensors(res))
     sp = res.spectrum
     k = min(args.k, len(sp.eigenvalues))
     print(f"{res.family} / {res.group.name} {list(res.group.shape)}  view={res.view} mode={sp.mode} "
           f"center={sp.center}  N={sp.n_models}")
     print("k at " + ", ".join(f"{int(float(t) * 100)}%: {v}" for t, v in res.k_at().items()))
-    print(f"{'j':>4} {'sigma_j':>12} {'EVR':>8} {'cum':>8}")
+    m = res.metrics
+    has_null = m is not None and m.null_evr_median is not None
+    print(f"{'j':>4} {'sigma_j':>12} {'EVR':>8} {'cum':>8}" + (f" {'null cum':>9}" if has_null else ""))
     for j in range(k):
-        print(f"{j + 1:>4} {sp.singular_values[j]:>12.5g} {sp.evr[j]:>8.4f} {sp.cumulative[j]:>8.4f}")
+        null = f" {m.null_cum_median[j]:>9.4f}" if has_null and j < len(m.null_cum_median) else ""
+        print(f"{j + 1:>4} {sp.singular_values[j]:>12.5g} {sp.evr[j]:>8.4f} {sp.cumulative[j]:>8.4f}{null}")
+    if res.cache_key:
+        print(f"cache key {res.cache_key}{' (from cache)' if res.from_cache else ''}")
     return 0
+
+
+def _cmd_report(args, progress) -> int:
+    from .catalog import build_catalog, select_groups
+    from .errors import OptionError
+    from .report import write_report
+
+    fam = _load(args, progress)
+    cat = [g for g in build_catalog(fam) if g.n_models == len(fam)]
+    layers = args.layer or [g.name for g in select_groups(cat)][:8]
+    if not layers:
+        raise OptionError(f"{fam.source}: no layer group is held by every model")
+    results = [_run(args, fam, layer, progress) for layer in layers]
+    files = write_report(results, args.out, progress=progress)
+    print(f"wrote {files.html} and {len(files.data)} data files for {len(results)} layer groups")
+    return 0
+
+
+def _atomic_write(path: Path, blob: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,12 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     progress = CliProgress(quiet=args.quiet)
     try:
-        handler = {"zoo": _cmd_zoo, "inspect": _cmd_inspect, "analyze": _cmd_analyze}[args.command]
+        handler = {"zoo": _cmd_zoo, "inspect": _cmd_inspect, "analyze": _cmd_analyze,
+                   "report": _cmd_report}[args.command]
         return handler(args, progress)
     except ExplorerError as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` & co.: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         progress.close()
         print("interrupted", file=sys.stderr)

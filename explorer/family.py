@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Iterator, Mapping
 
 import pandas as pd
@@ -75,14 +75,36 @@ class ModelRef:
         return "torch"
 
 
+@lru_cache(maxsize=8192)
+def _file_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[TensorInfo, str, str]]:
+    out: dict[str, tuple[TensorInfo, str, str]] = {}
+    for raw, (shape, dtype) in readers.read_header(path).items():
+        name = canonical_name(raw)
+        out.setdefault(name, (TensorInfo(name, tuple(shape), dtype), path, raw))
+    return out
+
+
 def model_headers(model: ModelRef) -> dict[str, tuple[TensorInfo, str, str]]:
-    """``{canonical name: (info, path, stored name)}`` of one model, from headers only."""
+    """``{canonical name: (info, path, stored name)}`` of one model, from headers only.
+
+    Cached per file (path, mtime, size): validating a model and cataloguing its family parse
+    each header once.
+    """
+    if len(model.files) == 1:
+        return _file_index(model.files[0], *_stat_key(model.files[0]))
     out: dict[str, tuple[TensorInfo, str, str]] = {}
     for path in model.files:
-        for raw, (shape, dtype) in readers.read_header(path).items():
-            name = canonical_name(raw)
-            out.setdefault(name, (TensorInfo(name, tuple(shape), dtype), path, raw))
+        for name, entry in _file_index(path, *_stat_key(path)).items():
+            out.setdefault(name, entry)
     return out
+
+
+def _stat_key(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    return st.st_mtime_ns, st.st_size
 
 
 @dataclass
@@ -168,6 +190,21 @@ class Family:
                 row.setdefault(k, v)
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def locate(self, model: ModelRef, name: str) -> tuple[str, str]:
+        """``(file path, stored tensor name)`` of a tensor, by canonical or stored name.
+
+        For readers that slice files themselves (``safe_open(path).get_slice(stored)``).
+
+        Raises
+        ------
+        InputError
+            If the model lacks the tensor.
+        """
+        entry = self._index[model.name].get(canonical_name(name))
+        if entry is None:
+            raise InputError(f"model {model.name!r}: tensor {name!r} is missing")
+        return entry[1], entry[2]
 
     def has_tensor(self, model: ModelRef, name: str) -> bool:
         return canonical_name(name) in self._index[model.name]

@@ -104,7 +104,8 @@ class Metrics:
         Mean-only baseline: share of ||W_i||^2 along the held-out fold's mean model and relative
         error ||W_i - mu|| / ||W_i|| of reconstructing W_i by that mean (raw, uncentered W_i).
     own_overlap : ndarray, shape (N, N) or None
-        Overlap of the models' own top-k_angles subspaces (model x model).
+        Overlap of the models' own top-k_angles left singular subspaces (model x model), each from
+        the SVD of the model's own matrix as read (before centering).
     own_cosines : ndarray, shape (N, k_angles) or None
         Principal cosines between each model's own subspace and the shared top-k_angles basis.
     own_vs_universal : ndarray, shape (N,) or None
@@ -194,23 +195,24 @@ def energy_at(curves: np.ndarray, k: int) -> np.ndarray:
     return curves[..., k - 1]
 
 
-def two_sided_curve(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def two_sided_curve(p: torch.Tensor, v: torch.Tensor, tot: float) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided captured energy ||U_k^T X V_k||^2 / ||X||^2 for k = 1..min(ku, kv), and the core.
 
     Parameters
     ----------
-    u : Tensor, shape (d, ku)
-    x : Tensor, shape (d, e)
+    p : Tensor, shape (ku, e)
+        U^T X (already centered), the one-sided projection the caller has at hand.
     v : Tensor, shape (e, kv)
+    tot : float
+        ||X||^2.
 
     Returns
     -------
     curve : ndarray, shape (min(ku, kv),)
     core : ndarray, shape (ku, kv)
-        U^T X V.
+        C = U^T X V.
     """
-    core = (u.T @ x @ v).cpu().double().numpy()
-    tot = float((x * x).sum())
+    core = (p @ v).cpu().double().numpy()
     kk = min(core.shape)
     if tot <= 0:
         return np.zeros(kk), core

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from .errors import OptionError
 
@@ -68,13 +69,23 @@ def factored_null_spec(energies: np.ndarray, d: int, ranks: np.ndarray, dof_remo
 
 def _bartlett(d: int, dof: int, rng: np.random.Generator) -> np.ndarray:
     """A sample of W_d(dof, I): the Gram of a d x dof standard Gaussian matrix, shape (d, d)."""
+    f = _wishart_factor(d, dof, rng)
+    return f @ f.T
+
+
+def _wishart_factor(d: int, dof: int, rng: np.random.Generator) -> np.ndarray:
+    """F with F F^T ~ W_d(dof, I): the Gaussian matrix itself (d x dof) when dof < d, else the
+    Bartlett factor (d x d lower-triangular, L_jj^2 ~ chi^2(dof - j), below-diagonal N(0, 1))."""
     if dof < d:
-        x = rng.standard_normal((d, dof))
-        return x @ x.T
-    # Bartlett: W = L L^T, L lower-triangular, L_jj^2 ~ chi^2(dof - j), below-diagonal N(0, 1).
+        return rng.standard_normal((d, dof))
     low = np.tril(rng.standard_normal((d, d)), -1)
     low[np.diag_indices(d)] = np.sqrt(rng.chisquare(dof - np.arange(d)))
-    return low @ low.T
+    return low
+
+
+def eigvalsh_desc(gram: np.ndarray) -> np.ndarray:
+    """Descending eigenvalues of a symmetric matrix, clipped at 0 (LAPACK's MRRR driver: values only)."""
+    return np.clip(scipy.linalg.eigvalsh(gram, driver="evr", check_finite=False)[::-1], 0.0, None)
 
 
 def _bins(spec: NullSpec) -> tuple[list[tuple[int, float]], bool]:
@@ -105,6 +116,16 @@ def _bins(spec: NullSpec) -> tuple[list[tuple[int, float]], bool]:
     return terms, exact
 
 
+# Largest null Gram side eigendecomposed per draw (8 draws of 4096^3 are tens of seconds on CPU).
+_MAX_NULL_SIDE = 4096
+
+
+def null_affordable(spec: NullSpec) -> bool:
+    """True when each draw's eigendecomposition is of a side <= 4096 (the thin Y^T Y counts)."""
+    width = sum(min(int(f), spec.d) for f in spec.dof)
+    return min(spec.d, width) <= _MAX_NULL_SIDE
+
+
 def null_eigenvalues(spec: NullSpec, draws: int = 8, seed: int = 0) -> np.ndarray:
     """Eigenvalues of the null Gram for several seeded draws.
 
@@ -116,17 +137,37 @@ def null_eigenvalues(spec: NullSpec, draws: int = 8, seed: int = 0) -> np.ndarra
     if draws < 1:
         raise OptionError(f"null draws must be >= 1, got {draws}")
     terms, _ = _bins(spec)
-    out = np.empty((draws, spec.d))
+    d = spec.d
+    out = np.empty((draws, d))
     for t in range(draws):
         rng = np.random.default_rng([seed, t])
-        gram = np.zeros((spec.d, spec.d))
+        blocks = []
         for dof, s2 in terms:
-            w = _bartlett(spec.d, dof, rng)
-            # trace(X X^T) = ||X||^2: rescaling to the target trace makes each model's norm exact
+            f = _wishart_factor(d, dof, rng)
+            # trace(F F^T) = ||F||^2: rescaling to the target trace makes each model's norm exact
             # (the Gram of X / ||X|| * norm), not just right in expectation.
-            tr = np.trace(w)
-            gram += (s2 * spec.d * dof / tr) * w if tr > 0 else 0.0
-        out[t] = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+            nf = float((f * f).sum())
+            blocks.append(f * np.sqrt(s2 * d * dof / nf) if nf > 0 else f)
+        width = sum(b.shape[1] for b in blocks)
+        if width < d:
+            # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.
+            y = np.concatenate(blocks, axis=1)
+            out[t] = 0.0
+            out[t, :width] = eigvalsh_desc(y.T @ y)
+            continue
+        gram = np.zeros((d, d))
+        buf, bw = [], 0
+        for b in blocks:  # stack thin blocks so each product is one large, compute-bound GEMM
+            buf.append(b)
+            bw += b.shape[1]
+            if bw >= 2048:
+                y = np.concatenate(buf, axis=1)
+                gram += y @ y.T
+                buf, bw = [], 0
+        if buf:
+            y = np.concatenate(buf, axis=1)
+            gram += y @ y.T
+        out[t] = eigvalsh_desc(gram)
     return out
 
 
@@ -193,7 +234,7 @@ def model_null_band(energies: np.ndarray, mn: int, center: bool, draws: int = 8,
         k = sig[:, None] * _bartlett(n, int(mn), rng) * sig[None, :]
         if center:
             k = j @ k @ j
-        eig[t] = np.clip(np.linalg.eigvalsh(k)[::-1], 0.0, None)
+        eig[t] = eigvalsh_desc(k)
     spec = NullSpec(n, np.array([int(mn)]), np.array([1.0]), 1 if center else 0)
     return band_from_eigenvalues(eig, mp_edge_evr(spec), True)
 

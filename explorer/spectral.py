@@ -7,29 +7,41 @@ For N matrices W_i (m x n) the three modes are (DESIGN.md, "Definitions")::
     model-mode  K_ij = <W_i, W_j>_F      (N x N)  eigenvectors: model coordinates
 
 Models are read one at a time; only the Gram, a few running sums and a small buffer are held,
-so memory is O(d^2 + one model) for d = m or n, independent of N.
+so memory is O(d^2 + one model) for d = m or n, independent of N.  Three refinements:
+
+* when the unfolding is thinner than the Gram (N*n < m in out-mode), the unfolding itself is
+  the smaller object, so it is held and decomposed by a thin SVD instead;
+* model mode streams row-blocks of every model (:mod:`explorer.model_gram`) so that the
+  N x mn stack is never held for large m*n;
+* for d > 16384 the randomized path (:mod:`explorer.randomized`) applies the Gram as an
+  operator over several passes instead of forming it.
+
+LoRA ΔW has its own factored entry point, :func:`explorer.factored.decompose_factored`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Iterator, Literal, Union
 
 import numpy as np
 import torch
 
-from .backend import pick_device, pick_dtype
+from .backend import as_compute, pick_device, pick_dtype
 from .errors import InputError, OptionError
+from .gram import StackedGram, sym_mirror_, sym_update_  # noqa: F401  (re-exported)
 
 Mode = Literal["out", "in", "model"]
 Center = Literal["none", "model", "vector"]
 MODES: tuple[str, ...] = ("out", "in", "model")
 CENTERS: tuple[str, ...] = ("none", "model", "vector")
-
-# Multiplying one thin W_i into a big Gram at a time is memory-bound; stacking the columns of
-# several models into one buffer before each product keeps the matmul compute-bound.
-_BUFFER_WIDTH = 2048
+METHODS: tuple[str, ...] = ("auto", "exact", "randomized")
+# Above this Gram side the exact path would hold a > 2 GiB float64 Gram and spend minutes in
+# eigh; "auto" switches to the randomized path there.
+RANDOMIZED_THRESHOLD = 16384
+THIN_LIMIT_BYTES = 2 << 30
 
 ProgressFn = Callable[[int, int, str], None]
+MatrixSource = Union[Iterable[torch.Tensor], Callable[[], Iterator[torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,16 @@ class SpectralOptions:
         Accumulation dtype.
     device : {"auto", "cpu", "cuda", "mps"}
     k_store : int
-        How many leading basis vectors the result keeps (all eigenvalues are always kept).
+        How many leading basis vectors the result keeps (all eigenvalues are always kept on
+        the exact path).
+    method : {"auto", "exact", "randomized"}
+        ``auto`` is exact unless the Gram side exceeds ``RANDOMIZED_THRESHOLD``.
+    seed : int
+        Seed of the randomized path's test matrix (results are deterministic given it).
+    power_iters : int
+        Subspace iterations of the randomized path (accuracy: see :mod:`explorer.randomized`).
+    oversample : int
+        Extra columns of the randomized path's test matrix beyond ``k_store``.
     """
 
     mode: str = "out"
@@ -54,14 +75,26 @@ class SpectralOptions:
     dtype: str = "float64"
     device: str = "auto"
     k_store: int = 256
+    method: str = "auto"
+    seed: int = 0
+    power_iters: int = 3
+    oversample: int = 16
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise OptionError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.center not in CENTERS:
             raise OptionError(f"center {self.center!r} is not one of {', '.join(CENTERS)}")
-        if not isinstance(self.k_store, int) or self.k_store < 1:
-            raise OptionError(f"k_store must be an integer >= 1, got {self.k_store!r}")
+        if self.method not in METHODS:
+            raise OptionError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        for name in ("k_store",):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise OptionError(f"{name} must be an integer >= 1, got {v!r}")
+        for name in ("power_iters", "oversample", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise OptionError(f"{name} must be an integer >= 0, got {v!r}")
 
 
 @dataclass
@@ -70,15 +103,22 @@ class Spectrum:
 
     Attributes
     ----------
-    eigenvalues : ndarray, shape (d,)
+    eigenvalues : ndarray, shape (d,) or (k,)
         Descending, non-negative; the squared singular values of the (centered) unfolding.
-        ``d`` is m (out), n (in) or N (model).
+        ``d`` is m (out), n (in) or N (model).  The randomized path keeps only the top k.
     basis : ndarray, shape (d, k)
         Orthonormal leading eigenvectors, sign-fixed (largest-magnitude entry positive).
+        k = min(k_store, d), or fewer when the unfolding has fewer than d columns (the rest
+        of the eigenvalues are then exactly zero and their eigenvectors arbitrary).
     mode, center : str
     n_models : int
     shape : tuple of int
         ``(m, n)`` of each matrix.
+    extras : dict
+    trace : float or None
+        Total energy when ``eigenvalues`` is truncated (randomized path); None otherwise.
+    method : str
+        ``exact``, ``thin`` (SVD of the unfolding), ``factored`` or ``randomized``.
     """
 
     eigenvalues: np.ndarray
@@ -88,11 +128,13 @@ class Spectrum:
     n_models: int
     shape: tuple[int, int]
     extras: dict = field(default_factory=dict)
+    trace: float | None = None
+    method: str = "exact"
 
     @property
     def total(self) -> float:
         """Total energy: trace of the Gram (= sum of squared Frobenius norms, after centering)."""
-        return float(self.eigenvalues.sum())
+        return float(self.trace) if self.trace is not None else float(self.eigenvalues.sum())
 
     @property
     def evr(self) -> np.ndarray:
@@ -106,7 +148,11 @@ class Spectrum:
         return np.cumsum(self.evr)
 
     def k_at(self, tau: float) -> int:
-        """Smallest k whose cumulative EVR reaches ``tau`` (in (0, 1])."""
+        """Smallest k whose cumulative EVR reaches ``tau`` (in (0, 1]).
+
+        On a truncated (randomized) spectrum that never reaches ``tau`` this is its length,
+        a lower bound.
+        """
         if not 0 < tau <= 1:
             raise OptionError(f"tau must lie in (0, 1], got {tau}")
         cum = self.cumulative
@@ -118,16 +164,31 @@ class Spectrum:
         return np.sqrt(self.eigenvalues)
 
 
-def _sign_fix(vecs: torch.Tensor) -> torch.Tensor:
-    """Make each column's largest-magnitude entry positive, so results are deterministic."""
+def sign_fix(vecs: torch.Tensor) -> torch.Tensor:
+    """Make each column's largest-magnitude entry positive, so results are deterministic.
+
+    Parameters
+    ----------
+    vecs : Tensor, shape (d, k)
+    """
+    if vecs.shape[1] == 0:
+        return vecs
     idx = vecs.abs().argmax(dim=0)
     signs = torch.sign(vecs[idx, torch.arange(vecs.shape[1], device=vecs.device)])
     signs[signs == 0] = 1
     return vecs * signs
 
 
+_sign_fix = sign_fix  # older private name, kept for callers that imported it
+
+
 def eigh_desc(gram: torch.Tensor, k_store: int) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decompose a symmetric PSD Gram; return descending eigenvalues and top-k vectors.
+
+    Parameters
+    ----------
+    gram : Tensor, shape (d, d)
+    k_store : int
 
     Returns
     -------
@@ -139,7 +200,7 @@ def eigh_desc(gram: torch.Tensor, k_store: int) -> tuple[np.ndarray, np.ndarray]
     vals, vecs = torch.linalg.eigh(gram)
     vals = torch.flip(vals, dims=[0]).clamp_min(0)
     k = min(k_store, vecs.shape[1])
-    vecs = _sign_fix(torch.flip(vecs, dims=[1])[:, :k])
+    vecs = sign_fix(torch.flip(vecs[:, -k:] if k else vecs[:, :0], dims=[1]))
     return vals.cpu().double().numpy(), vecs.cpu().double().numpy()
 
 
@@ -156,115 +217,152 @@ class GramAccumulator:
     def __init__(self, mode: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device):
         if mode not in ("out", "in"):
             raise OptionError(f"GramAccumulator mode must be 'out' or 'in', got {mode!r}")
-        self.mode, self.shape, self.dtype, self.device = mode, shape, dtype, device
+        self.mode, self.shape, self.dtype, self.device = mode, tuple(shape), dtype, device
         d = shape[0] if mode == "out" else shape[1]
-        self.gram = torch.zeros(d, d, dtype=dtype, device=device)
-        self.sum = torch.zeros(shape, dtype=dtype, device=device)  # sum_i W_i, for centering
+        self._stack = StackedGram(d, dtype, device)
+        self.sum = torch.zeros(self.shape, dtype=dtype, device=device)  # sum_i W_i, for centering
         self.count = 0
-        self._buf: list[torch.Tensor] = []
-        self._buf_width = 0
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """The uncentered Gram so far, shape (d, d)."""
+        return self._stack.flush()
 
     def add(self, w: torch.Tensor) -> None:
         """Add one matrix W (m x n)."""
         if tuple(w.shape) != self.shape:
             raise InputError(f"matrix of shape {tuple(w.shape)} does not match the group's {self.shape}")
-        w = w.to(device=self.device, dtype=self.dtype)
+        w = as_compute(w, self.dtype, self.device)
         self.sum += w
         self.count += 1
         # out-mode: G += W W^T, i.e. the columns of W; in-mode: H += W^T W, i.e. the rows.
-        piece = w if self.mode == "out" else w.T
-        self._buf.append(piece)
-        self._buf_width += piece.shape[1]
-        if self._buf_width >= _BUFFER_WIDTH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._buf:
-            return
-        block = torch.cat(self._buf, dim=1) if len(self._buf) > 1 else self._buf[0]
-        self.gram.addmm_(block, block.T)
-        self._buf, self._buf_width = [], 0
+        self._stack.add(w if self.mode == "out" else w.T)
 
     def centered(self, center: str) -> torch.Tensor:
         """The Gram after centering (``none``, ``model`` or ``vector``), shape (d, d)."""
-        self._flush()
+        gram = self._stack.flush()
         n = self.count
         if center == "none" or n == 0:
-            return self.gram.clone()
+            return gram.clone()
         if center == "model":
             # sum_i (W_i - mu)(W_i - mu)^T = G - N mu mu^T, mu = S / N
             s = self.sum if self.mode == "out" else self.sum.T
-            return self.gram - (s @ s.T) / n
+            return gram - (s @ s.T) / n
         # vector: subtract the mean column (out) / mean row (in) of the unfolding.
         m, ncol = self.shape
         if self.mode == "out":
             c = self.sum.sum(dim=1) / (n * ncol)
-            return self.gram - (n * ncol) * torch.outer(c, c)
+            return gram - (n * ncol) * torch.outer(c, c)
         r = self.sum.sum(dim=0) / (n * m)
-        return self.gram - (n * m) * torch.outer(r, r)
+        return gram - (n * m) * torch.outer(r, r)
+
+
+def _iterate(matrices: MatrixSource) -> Iterable[torch.Tensor]:
+    return matrices() if callable(matrices) else matrices
+
+
+def _use_randomized(options: SpectralOptions, d: int) -> bool:
+    if options.method == "randomized":
+        return True
+    return options.method == "auto" and d > RANDOMIZED_THRESHOLD
 
 
 def decompose(
-    matrices: Iterable[torch.Tensor],
+    matrices: MatrixSource,
     n_models: int,
     shape: tuple[int, int],
     options: SpectralOptions = SpectralOptions(),
     progress: ProgressFn | None = None,
+    *,
+    row_reader: Callable[[int, int], Iterable[torch.Tensor]] | None = None,
 ) -> Spectrum:
     """Decompose N matrices of one layer group in one mode.
 
     Parameters
     ----------
-    matrices : iterable of Tensor, each shape (m, n)
-        Consumed once, one at a time (e.g. a generator that reads each model's file).
+    matrices : iterable of Tensor (m, n), or callable() -> iterator of them
+        Consumed one model at a time.  Pass the callable (``DenseStream.open``) to allow the
+        several passes that the randomized path and large model-mode runs need.
     n_models : int
         N, for progress reporting and checks.
     shape : (m, n)
     options : SpectralOptions
     progress : callable(done, total, label), optional
         Called once per model read.
+    row_reader : callable(r0, r1) -> iterable of Tensor (r1 - r0, n), optional
+        Model mode only: yields rows r0:r1 of every model in order (e.g.
+        :func:`explorer.model_gram.family_row_reader`), so K is streamed by row-blocks in
+        O(N^2 + N * block) memory however large m*n is.
 
     Returns
     -------
     Spectrum
     """
+    m, n = (int(s) for s in shape)
+    shape = (m, n)
+    if n_models < 1:
+        raise InputError("the layer group has no models to decompose")
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
     if options.mode == "model":
-        gram = _model_gram(matrices, n_models, shape, dtype, device, progress)
+        from .model_gram import model_gram
+
+        gram = model_gram(matrices, n_models, shape, dtype, device, progress, row_reader=row_reader)
         if options.center != "none":
+            # Both centerings subtract the mean model here: K_c = J K J, J = I - 11^T/N.
             j = torch.eye(n_models, dtype=dtype, device=device) - 1.0 / n_models
             gram = j @ gram @ j
-    else:
-        acc = GramAccumulator(options.mode, shape, dtype, device)
-        for i, w in enumerate(matrices):
-            acc.add(w)
-            if progress:
-                progress(i + 1, n_models, "reading models")
-        if acc.count != n_models:
-            raise InputError(f"expected {n_models} models, read {acc.count}")
-        gram = acc.centered(options.center)
-    vals, vecs = eigh_desc(gram, options.k_store)
+        vals, vecs = eigh_desc(gram, options.k_store)
+        return Spectrum(vals, vecs, "model", options.center, n_models, shape)
+    d, width = (m, n) if options.mode == "out" else (n, m)
+    # A thin unfolding (fewer columns than d) is exact and smaller than the Gram: prefer it,
+    # even above the randomized threshold, while it fits in THIN_LIMIT_BYTES.
+    thin = n_models * width < d and (options.method == "exact" or d * n_models * width * 8 <= THIN_LIMIT_BYTES)
+    if options.method == "randomized" or (_use_randomized(options, d) and not thin):
+        from .randomized import randomized_decompose
+
+        return randomized_decompose(matrices, n_models, shape, options, progress)
+    if n_models * width < d:
+        return _thin(matrices, n_models, shape, options, dtype, device, progress)
+    acc = GramAccumulator(options.mode, shape, dtype, device)
+    for i, w in enumerate(_iterate(matrices)):
+        acc.add(w)
+        if progress:
+            progress(i + 1, n_models, "reading models")
+    if acc.count != n_models:
+        raise InputError(f"expected {n_models} models, read {acc.count}")
+    vals, vecs = eigh_desc(acc.centered(options.center), options.k_store)
     return Spectrum(vals, vecs, options.mode, options.center, n_models, shape)
 
 
-def _model_gram(matrices, n_models, shape, dtype, device, progress) -> torch.Tensor:
-    """K_ij = <W_i, W_j>_F, accumulated one model at a time against those already read.
+def _thin(matrices, n_models, shape, options, dtype, device, progress) -> Spectrum:
+    """The unfolding (d x N*width) is smaller than its d x d Gram: hold it, thin-SVD it.
 
-    Holds the flattened models read so far (N x mn); fine for the sizes the app handles in
-    memory.  Row-sliced streaming for very large m*n is the engine issue's job.
+    The SVD of the unfolding is also more accurate than eigh of its Gram for small singular
+    values.  Eigenvalues beyond the unfolding's N*width columns are exactly zero.
     """
-    rows: list[torch.Tensor] = []
-    gram = torch.zeros(n_models, n_models, dtype=dtype, device=device)
-    for i, w in enumerate(matrices):
+    m, n = shape
+    out = options.mode == "out"
+    d = m if out else n
+    blocks: list[torch.Tensor] = []
+    for i, w in enumerate(_iterate(matrices)):
         if tuple(w.shape) != shape:
             raise InputError(f"matrix of shape {tuple(w.shape)} does not match the group's {shape}")
-        v = w.reshape(-1).to(device=device, dtype=dtype)
-        rows.append(v)
+        w = as_compute(w, dtype, device)
+        blocks.append(w if out else w.T)
         if progress:
             progress(i + 1, n_models, "reading models")
-    if len(rows) != n_models:
-        raise InputError(f"expected {n_models} models, read {len(rows)}")
-    x = torch.stack(rows)
-    gram = x @ x.T
-    return gram
+    if len(blocks) != n_models:
+        raise InputError(f"expected {n_models} models, read {len(blocks)}")
+    if options.center == "model":
+        mean = torch.stack(blocks).mean(dim=0)
+        blocks = [b - mean for b in blocks]
+    x = torch.cat(blocks, dim=1)  # (d, N * width)
+    if options.center == "vector":
+        x = x - x.mean(dim=1, keepdim=True)
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    vals = torch.zeros(d, dtype=torch.float64)
+    vals[: s.shape[0]] = (s.double() ** 2).cpu()
+    k = min(options.k_store, u.shape[1])
+    basis = sign_fix(u[:, :k]).cpu().double().numpy()
+    return Spectrum(vals.numpy(), basis, options.mode, options.center, n_models, shape, method="thin")

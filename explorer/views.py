@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from . import memory
 from .catalog import LayerGroup, check_group
 from .errors import InputError, OptionError
 from .family import Family
@@ -33,11 +34,29 @@ class DenseStream:
     n_models : int
     open : callable() -> iterator of Tensor (m, n)
         Each call starts a fresh pass over the models (the engine may need two passes).
+    valid_modes : tuple of str or None
+        When set, the only modes (with centering ``none``) whose result is exact: LoRA factors of
+        mixed ranks are zero-padded to the largest rank, which leaves the in-mode Gram of A
+        (sum A_i^T A_i) and the out-mode Gram of B (sum B_i B_i^T) unchanged, and nothing else.
     """
 
     shape: tuple[int, int]
     n_models: int
     open: Callable[[], Iterator[torch.Tensor]]
+    valid_modes: tuple[str, ...] | None = None
+
+    def check(self, mode: str, center: str, what: str, *, options=None, metrics="default") -> None:
+        """Refuse a mode/centering this stream cannot answer exactly (mixed-rank padding), and a
+        run that would exceed the memory budget (:func:`explorer.memory.check`, with the estimate).
+
+        ``options`` (SpectralOptions) and ``metrics`` (MetricsOptions or None) refine the
+        estimate; without them it assumes float64 and the default metrics.
+        """
+        if self.valid_modes is not None and (mode not in self.valid_modes or center != "none"):
+            raise OptionError(f"{what}: LoRA ranks differ across models, so only mode "
+                              f"{' or '.join(self.valid_modes)} with centering 'none' is defined; "
+                              "use view 'dW' for the other modes and centerings")
+        memory.check(self.shape, self.n_models, mode, what, options=options, metrics=metrics)
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,10 @@ class FactorStream:
     n_models: int
     ranks: tuple[int, ...]
     open: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor, float]]]
+
+    def check(self, mode: str, center: str, what: str, *, options=None, metrics="default") -> None:
+        """Refuse a run that would exceed the memory budget (factors held per :mod:`explorer.factored`)."""
+        memory.check(self.shape, self.n_models, mode, what, options=options, metrics=metrics, ranks=self.ranks)
 
     def dense(self) -> DenseStream:
         """The same matrices materialised one at a time, s_i B_i A_i (m x n), for dense engines."""
@@ -114,17 +137,28 @@ def _factor_stream(family: Family, group: LayerGroup) -> FactorStream:
 
 
 def _factor_view(family: Family, group: LayerGroup, view: str) -> DenseStream:
-    if group.rank is None:
-        raise OptionError(
-            f"view {view!r} of {group.name!r} needs one LoRA rank across models, found ranks "
-            f"{list(group.ranks)}; use view 'dW', which handles mixed ranks"
-        )
-    r = group.rank
+    """A (r x n) or B (m x r) of every adapter.
+
+    Mixed ranks are zero-padded to the largest rank (rows of A, columns of B): the stacked rows
+    of A and columns of B — what the paper decomposes — are unchanged by zero rows/columns, so the
+    A in-mode and B out-mode spectra stay exact; other modes are refused by :meth:`DenseStream.check`.
+    """
     m, n = group.shape
-    if view == "A":
-        return DenseStream((r, n), len(family), lambda: (family.tensor(mm, group.tensor) for mm in family.models))
-    assert group.b_tensor is not None
-    return DenseStream((m, r), len(family), lambda: (family.tensor(mm, group.b_tensor) for mm in family.models))
+    r = group.rank if group.rank is not None else max(group.ranks)
+    valid = None if group.rank is not None else (("in",) if view == "A" else ("out",))
+    name = group.tensor if view == "A" else group.b_tensor
+    assert name is not None
+
+    def gen() -> Iterator[torch.Tensor]:
+        for mm in family.models:
+            t = family.tensor(mm, name)
+            if view == "A" and t.shape[0] < r:
+                t = torch.cat([t, t.new_zeros(r - t.shape[0], t.shape[1])], dim=0)
+            elif view == "B" and t.shape[1] < r:
+                t = torch.cat([t, t.new_zeros(t.shape[0], r - t.shape[1])], dim=1)
+            yield t
+
+    return DenseStream((r, n) if view == "A" else (m, r), len(family), gen, valid)
 
 
 def stream_for_view(family: Family, group: LayerGroup, view: str) -> DenseStream | FactorStream:

@@ -1,10 +1,12 @@
-"""Spectrum: scree and cumulative explained variance of the chosen layer group."""
+"""Spectrum: scree and cumulative curves beside the null, several layers overlaid, layer heatmap."""
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 import ui
-from explorer.analysis import TAUS
-from explorer.figures import scree_figure
+from explorer.errors import ExplorerError
+from explorer.figures import cumulative_overlay_figure, layer_heatmap_figure, scree_figure
+from explorer.summary import layer_summary
 
 sel = ui.page_setup("Spectrum", "📉")
 st.title("Spectrum")
@@ -13,20 +15,67 @@ if sel is None:
 res = ui.analysis(sel)
 if res is None:
     st.stop()
-sp = res.spectrum
+sp, m = res.spectrum, res.metrics
 left, right = st.columns([3, 1])
 with right:
     log_y = st.toggle("Log scale", value=False, key="spectrum_log")
     n_max = st.number_input("Components shown", 4, max(4, len(sp.eigenvalues)), min(64, len(sp.eigenvalues)),
                             key="spectrum_ncomp")
+    show_null = st.toggle("Gaussian null band + MP edge", value=True, key="spectrum_null",
+                          help="Same shapes and Frobenius norms, iid Gaussian entries: 8 draws, median and 5–95 %.")
     st.metric(f"k at τ = {sel.tau:g}", sp.k_at(sel.tau))
-    st.dataframe(pd.DataFrame({"τ": [f"{t:g}" for t in TAUS], "k(τ)": [sp.k_at(t) for t in TAUS]}),
-                 hide_index=True)
+null = None
+if show_null and m is not None and m.null_evr_median is not None:
+    null = (m.null_evr_median, m.null_evr_lo, m.null_evr_hi)
 with left:
-    fig = scree_figure(sp, sel.tau, log_y=log_y, max_components=int(n_max),
-                       title=f"{res.family} · {res.group.name} · {sel.mode}-mode · centering {sel.center}")
+    fig = scree_figure(sp, sel.tau, log_y=log_y, max_components=int(n_max), null_evr=null,
+                       mp_edge_evr=m.mp_edge_evr if (show_null and m is not None) else None,
+                       title=f"{res.family} · {res.group.name} · {res.view} · {sel.mode}-mode · centering {sel.center}")
     st.plotly_chart(fig, key="spectrum_scree")
 st.caption(
     f"{sp.n_models} models, each {res.group.shape[0]}×{res.group.shape[1]}; eigenvalues of the "
-    f"{sel.mode}-mode Gram (squared singular values of the unfolding), total energy {sp.total:.4g}."
+    f"{sel.mode}-mode Gram (squared singular values of the unfolding), total energy {sp.total:.4g}. "
+    "Bars above the grey null band are structure a strength-matched random family would not show."
 )
+
+st.subheader("Layers of this module type (sidebar layer range)")
+same_type = ui.layers_in_range(sel)
+default_layers = same_type if len(same_type) <= 8 else same_type[:: max(1, len(same_type) // 8)]
+chosen = st.multiselect("Layers to compare", same_type, default=default_layers, key="spectrum_layers")
+results = {}
+if chosen:
+    try:
+        for i, name in enumerate(chosen):
+            results[name] = ui.compute(sel, layer=name)
+    except ExplorerError as exc:
+        st.error(str(exc))
+others = st.multiselect(f"Overlay other families ({sel.layer}, same shape)", ui.comparable_families(sel),
+                        key="spectrum_families",
+                        help="e.g. fine-tunes vs models trained from scratch vs untrained ones")
+family_curves = []
+try:
+    family_curves = [(src, ui.compute(sel, source=src).spectrum.cumulative) for src in others]
+except ExplorerError as exc:
+    st.error(str(exc))
+if results:
+    curves = [(name, r.spectrum.cumulative) for name, r in results.items()]
+    curves += [(f"{src} · {sel.layer}", cum) for src, cum in family_curves]
+    first = next(iter(results.values()))
+    null_curve = None
+    if first.metrics is not None and first.metrics.null_cum_median is not None:
+        null_curve = (f"null median ({chosen[0]})", first.metrics.null_cum_median)
+    c1, c2 = st.columns(2)
+    overlay = cumulative_overlay_figure(curves, sel.tau, max_components=int(n_max), null=null_curve,
+                                        title="Cumulative EVR, layers overlaid")
+    c1.plotly_chart(overlay, key="spectrum_overlay")
+    width = int(min(n_max, max(len(c) for _, c in curves)))
+    mat = np.ones((len(curves), width))
+    for i, (_, c) in enumerate(curves):
+        mat[i, : min(width, len(c))] = c[:width]
+    heat = layer_heatmap_figure([n for n, _ in curves], mat, sel.tau)
+    c2.plotly_chart(heat, key="spectrum_heatmap")
+    table = pd.DataFrame([layer_summary(name, r) for name, r in results.items()])
+    st.dataframe(table, hide_index=True)
+    ui.export_bar("spectrum", {"scree": fig, "overlay": overlay, "heatmap": heat}, {"layer-summary": table}, res)
+else:
+    ui.export_bar("spectrum", {"scree": fig}, None, res)

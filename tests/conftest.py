@@ -137,10 +137,19 @@ def page(browser, request):
     assert not errors, f"browser console errors in {request.node.name}: {errors}"
 
 
-def screenshot(pg, name: str) -> Path:
-    """Save a full-page screenshot under test-artifacts/screenshots/."""
+def screenshot_dir() -> Path:
     out = ARTIFACTS / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
+    return out
+
+
+def screenshot(pg, name: str) -> Path:
+    """Save a full-page screenshot under test-artifacts/screenshots/."""
+    path = screenshot_dir() / f"{name}.png"
     pg.screenshot(path=str(path), full_page=True)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run browser tests last, so the live server and Chromium are not held through the suite."""
+    items.sort(key=lambda it: it.get_closest_marker("browser") is not None)

@@ -122,3 +122,17 @@ def test_model_and_group_angles_in_metrics():
     assert met.group_names == ["a", "b"] and met.group_by == "group"
     assert met.group_overlap[0, 1] > 0.99
     assert np.all((met.group_vs_universal >= 0) & (met.group_vs_universal <= 1))
+
+
+def test_randomized_own_subspace_is_accurate_and_deterministic(monkeypatch):
+    from explorer import sidemat
+
+    monkeypatch.setattr(sidemat, "_EXACT_SVD_SIDE", 16)  # force the randomized path on a small matrix
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((120, 100)) @ np.diag(np.linspace(3, 0.1, 100))
+    a = sidemat.SideMatrix(dense=torch.from_numpy(w)).left_basis(6)
+    torch.randn(3)  # the global generator's state must not matter
+    b = sidemat.SideMatrix(dense=torch.from_numpy(w)).left_basis(6)
+    np.testing.assert_array_equal(a, b)
+    # Slowly (linearly) decaying spectrum, the hard case: cosines to the exact subspace > 0.999.
+    assert principal_cosines(a, top_left_basis(w, 6)).min() > 0.999

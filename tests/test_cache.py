@@ -1,7 +1,6 @@
 """The content-addressed results cache: hit, miss, corruption, key invalidation, concurrency."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -124,31 +123,45 @@ def test_result_io_roundtrip(fam_dir, tmp_path):
         result_io.load(str(path))
 
 
-def _worker(cache_dir: str, src: str, log: str, barrier, out) -> None:
-    os.environ["EXPLORER_CACHE_DIR"] = cache_dir
-
-    def progress(done, total, label):
-        with open(log, "a") as fh:
-            fh.write(f"{os.getpid()} {label}\n")
-
-    barrier.wait()
-    res = analyze_cached(src, "layers.0", metrics=MO, progress=progress)
-    out.put((res.cache_key, res.spectrum.eigenvalues.tobytes(), res.from_cache))
+# Workers are plain subprocesses, not multiprocessing children: "fork" deadlocks once torch or
+# playwright threads exist, and "spawn"/"forkserver" re-import the parent's __main__, which after an
+# AppTest run is a Streamlit page that would execute (and write to the cache) in every child.
+_WORKER = """
+import json, os, sys, time, hashlib
+import torch
+torch.set_num_threads(1)  # four workers on a small machine would only fight for cores
+from explorer.analysis import analyze_cached
+from explorer.metrics import MetricsOptions
+src, log, ready, go = sys.argv[1:5]
+open(ready, "w").close()
+while not os.path.exists(go):  # a file barrier: all four start the request together
+    time.sleep(0.01)
+def progress(done, total, label):
+    with open(log, "a") as fh:
+        fh.write(f"{os.getpid()} {label}\\n")
+res = analyze_cached(src, "layers.0", metrics=MetricsOptions(null_draws=2, folds=3), progress=progress)
+print(json.dumps([res.cache_key, hashlib.sha256(res.spectrum.eigenvalues.tobytes()).hexdigest(), res.from_cache]))
+"""
 
 
 def test_concurrent_processes_compute_once(fam_dir, tmp_path):
-    # fork: the children inherit the imported modules, so the test does not pay 4 torch imports.
-    ctx = mp.get_context("fork")
-    barrier, out = ctx.Barrier(4), ctx.Queue()
-    log = tmp_path / "log.txt"
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "cache"), str(fam_dir), str(log), barrier, out))
-             for _ in range(4)]
-    for p in procs:
-        p.start()
-    results = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
-        assert p.exitcode == 0
+    import json
+    import subprocess
+    import sys
+    import time
+
+    log, go = tmp_path / "log.txt", tmp_path / "go"
+    env = {**os.environ, "EXPLORER_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(fam_dir), str(log), str(tmp_path / f"ready{i}"),
+                               str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(4)]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(4)):
+        assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs if p.poll() is not None]
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    results = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
     computing = {line.split()[0] for line in log.read_text().splitlines()}
     assert len(computing) == 1  # exactly one process read the models
     assert sum(1 for r in results if not r[2]) == 1
@@ -163,3 +176,10 @@ def test_cache_store_is_atomic(tmp_path):
     assert not [f for f in files if f.name.endswith(".tmp")]
     (arrays, meta), hit = cache.get_or_compute("ab" * 32, lambda: pytest.fail("must not compute"))
     assert hit and meta == {"k": 1}
+
+
+def test_analyze_cached_accepts_a_loaded_family(fam_dir):
+    fam = load_family(str(fam_dir))
+    a = analyze_cached(fam, "layers.0", metrics=MO)
+    b = analyze_cached(str(fam_dir), "layers.0", metrics=MO)
+    assert not a.from_cache and b.from_cache and a.cache_key == b.cache_key

@@ -67,3 +67,14 @@ def test_module_type_of():
     assert module_type_of("model.layers.12.self_attn.q_proj") == ("model.layers.{i}.self_attn.q_proj", 12)
     assert module_type_of("blocks.0.mlp.3") == ("blocks.{i}.mlp.{i}", 0)
     assert module_type_of("head") == ("head", None)
+
+
+def test_describe_family_is_json_ready(tmp_path):
+    from explorer.catalog import describe_family
+
+    _adapters(tmp_path, 2, width=64)
+    (tmp_path / "metadata.csv").write_text("name,task\nad00,qa\n")  # ad01 has no task: NaN -> null
+    d = json.loads(json.dumps(describe_family(load_family(str(tmp_path)))))
+    assert d["kind"] == "lora" and d["n_models"] == 2 and len(d["groups"]) == 8
+    assert d["models"][0]["task"] == "qa" and d["models"][1]["task"] is None
+    assert d["groups"][0]["rank"] == 8 and d["groups"][0]["shape"] == [16, 64]

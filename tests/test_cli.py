@@ -27,7 +27,7 @@ def test_inspect_json_lists_layer_groups():
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["n_models"] == planted.N_MODELS
-    groups = {g["name"]: g for g in info["layer_groups"]}
+    groups = {g["name"]: g for g in info["groups"]}
     for name, m, n, _ in planted.LAYERS:
         assert groups[name]["shape"] == [m, n]
         assert groups[name]["n_models"] == planted.N_MODELS
@@ -63,3 +63,51 @@ def test_bad_input_exits_2_with_one_line(args, needle):
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_analyze_out_and_cache_dir(tmp_path):
+    cache = tmp_path / "cache"
+    out = tmp_path / "out"
+    args = ("analyze", "zoo:planted", "--layer", "layers.2", "--cache-dir", str(cache), "--out", str(out),
+            "--json", str(tmp_path / "r.json"))
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "cache key" in first.stdout and "(from cache)" not in first.stdout
+    second = run_cli(*args)
+    assert "(from cache)" in second.stdout
+    assert len(list(cache.rglob("*.sxr"))) == 1
+    for name in ("spectrum.csv", "models.csv", "coverage.csv", "basis.safetensors"):
+        assert (out / name).stat().st_size > 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["cache_key"] and "null_cumulative_median" in res["metrics"]
+    from safetensors.numpy import load_file
+
+    t = load_file(str(out / "basis.safetensors"))
+    np.testing.assert_allclose(t["eigenvalues"], np.square(res["singular_values"]), rtol=1e-9)
+
+
+def test_no_cache_writes_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    out = run_cli("analyze", "zoo:planted", "--layer", "layers.0", "--no-cache", "--cache-dir", str(cache))
+    assert out.returncode == 0, out.stderr
+    assert not cache.exists() or not list(cache.rglob("*.sxr"))
+
+
+def test_report_writes_self_contained_html(tmp_path):
+    out = run_cli("report", "zoo:planted", "--layer", "layers.0", "--layer", "layers.1", "--out", str(tmp_path / "rep"),
+                  "--cache-dir", str(tmp_path / "cache"))
+    assert out.returncode == 0, out.stderr
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<script src=" not in html  # plotly.js is inline, nothing is fetched
+    assert html.count('class="plotly-graph-div"') >= 8
+    for layer in ("layers.0", "layers.1"):
+        assert (tmp_path / "rep" / f"{layer}.full.out.basis.safetensors").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("analyze", "zoo:planted", "--layer", "layers.0", "--k", "0"), "--k must be >= 1"),
+    (("analyze", "zoo:planted", "--layer", "layers.0", "--view", "A"), "view"),
+])
+def test_bad_options_exit_2(args, needle):
+    out = run_cli(*args)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr

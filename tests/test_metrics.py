@@ -134,3 +134,34 @@ def test_metrics_options_validation():
         MetricsOptions(loo="maybe")
     with pytest.raises(OptionError, match="k_coord"):
         MetricsOptions(k_coord=0)
+
+
+def test_memory_budget_skips_with_notes(monkeypatch):
+    from explorer import nulls
+
+    monkeypatch.setattr(nulls, "_MAX_NULL_SIDE", 2)
+    rng = np.random.default_rng(0)
+    ws = [rng.standard_normal((400, 400)) for _ in range(3)]
+    labels = [{"group": g} for g in "aab"]
+    so = SpectralOptions(device="cpu", k_store=4)
+    opener = lambda: (torch.from_numpy(w) for w in ws)  # noqa: E731
+    sp = decompose(opener(), 3, (400, 400), so)
+    met = compute_metrics(opener, 3, (400, 400), sp.basis, so, MetricsOptions(max_memory_mb=1, null_draws=2), labels)
+    text = " ".join(met.notes)
+    for phrase in ("k-fold coverage skipped", "group angles skipped", "two-sided energies", "null band skipped"):
+        assert phrase in text
+    assert met.heldout_kfold is None and met.energy_two is None and met.coords is None and met.group_overlap is None
+    assert met.null_cum_median is None and 0 < met.mp_edge_evr < 1
+    assert met.energy_one.shape == (3, 4)
+
+
+def test_model_mode_kernel_by_slices_equals_stack():
+    # max_memory_mb=1 forces the sliced passes for a 6 x 200x200 family (1.9 MiB stacked).
+    rng = np.random.default_rng(6)
+    ws = [rng.standard_normal((200, 200)) for _ in range(6)]
+    calls = []
+    _, sliced = _run(ws, "model", "none", MetricsOptions(max_memory_mb=1, null_draws=0),
+                     progress=lambda d, t, label: calls.append(label))
+    x = np.stack([w.reshape(-1) for w in ws])
+    np.testing.assert_allclose(sliced.kernel, x @ x.T, rtol=1e-12)
+    assert any("slice 2/" in label for label in calls)

@@ -92,7 +92,8 @@ def test_factored_and_model_nulls():
 
 
 def test_random_subspace_and_errors():
-    np.testing.assert_allclose(nulls.random_subspace_expectation(8, np.arange(1, 10)), np.minimum(np.arange(1, 10) / 8, 1))
+    ks = np.arange(1, 10)
+    np.testing.assert_allclose(nulls.random_subspace_expectation(8, ks), np.minimum(ks / 8, 1))
     with pytest.raises(OptionError, match="dimension"):
         nulls.random_subspace_expectation(0, 1)
     with pytest.raises(OptionError, match="draws"):

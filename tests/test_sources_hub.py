@@ -110,8 +110,9 @@ def test_revision_pinning(hub_cache):
 
 
 def test_glob_resolves_against_the_cache_offline(hub_cache):
-    fam = load_family("hf:org/lora-*")
+    fam = load_family("hf:org/lora-*", name_regex=r"lora-(?P<letter>\w)$")
     assert [m.name for m in fam.models] == ["org/lora-a", "org/lora-b"]
+    assert fam.metadata["letter"].tolist() == ["a", "b"]
     with pytest.raises(InputError, match="matches no repository in the local HF cache"):
         load_family("hf:nobody/x*")
 
@@ -135,3 +136,45 @@ def test_spec_parsing_and_file_choice():
     assert choose_files(["model.safetensors.index.json", *shards, "pytorch_model.bin", "original/x.safetensors"]) == [
         "model.safetensors.index.json", *shards]
     assert choose_files(["pytorch_model.bin", "config.json"]) == ["pytorch_model.bin"]
+
+
+def test_online_path_downloads_only_needed_files(tmp_path, monkeypatch):
+    """The online code path, with huggingface_hub's network calls replaced by recorders."""
+    import types
+
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    src, _, _ = _adapter_dir(tmp_path, 3)
+    commit = "c" * 40
+    calls = []
+
+    def fake_snapshot(repo_id, *, revision=None, cache_dir=None, dry_run=False, allow_patterns=None,
+                      local_files_only=False):
+        calls.append(dict(repo=repo_id, revision=revision, dry_run=dry_run, allow=allow_patterns,
+                          local=local_files_only))
+        if dry_run:
+            names = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md",
+                     "training_args.bin", "checkpoints/step1/adapter_model.safetensors"]
+            return [types.SimpleNamespace(filename=n, commit_hash=commit) for n in names]
+        snap = tmp_path / "hub" / "snap" / commit
+        if not snap.exists():
+            snap.mkdir(parents=True)
+            for f in src.iterdir():
+                (snap / f.name).write_bytes(f.read_bytes())
+        return str(snap)
+
+    class FakeApi:
+        def list_models(self, author=None, search=None):
+            assert (author, search) == ("org", "lora-")
+            return [types.SimpleNamespace(id=i) for i in ("org/lora-x", "org/lora-y", "org/other")]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    fam = load_family("hf:org/lora-*@main")
+    assert [m.name for m in fam.models] == ["org/lora-x", "org/lora-y"]
+    assert fam.models[0].source == f"hf:org/lora-x@{commit}"
+    real = [c for c in calls if not c["dry_run"]]
+    assert all(c["revision"] == commit and not c["local"] for c in real)  # pinned to the listed commit
+    assert real[0]["allow"] == ["adapter_config.json", "adapter_model.safetensors", "README.md"]

@@ -63,6 +63,8 @@ def test_sharded_checkpoint_with_index(tmp_path):
     assert [m.name for m in fam.models] == ["model0", "model1"]
     assert all(len(m.files) > 1 for m in fam.models)
     assert fam.metadata["format"].tolist() == ["sharded", "sharded"]
+    one = load_family(str(tmp_path / "model1" / "model.safetensors.index.json"))
+    assert [m.name for m in one.models] == ["model1"] and len(one.models[0].files) > 1
     cat = build_catalog(fam)
     assert [g.index for g in cat] == [0, 1, 2, 3] and all(g.n_models == 2 for g in cat)
     for i, m in enumerate(fam.models):
@@ -156,6 +158,9 @@ def test_nan_and_unsupported_dtype_are_named(tmp_path):
     save_file(sd, str(tmp_path / "int8.safetensors"))
     fam = load_family(str(tmp_path))
     g = find_group(build_catalog(fam), "model.layers.0.mlp")
+    assert g.missing == ("int8",) and g.dtype == "F32"
+    with pytest.raises(InputError, match="model 'int8': tensor 'model.layers.0.mlp.weight' has dtype I8"):
+        stream_for_view(fam, g, "full")
     with pytest.raises(InputError, match="model 'int8': tensor 'model.layers.0.mlp.weight' has dtype I8"):
         fam.tensor(fam.models[0], g.tensor)
     with pytest.raises(InputError, match="model 'nan': tensor 'model.layers.0.mlp.weight' .* holds NaN or Inf"):

@@ -93,6 +93,9 @@ def test_peft_family_with_base_and_merge_equivalence(tmp_path):
     assert [g.name for g in lora] == [f"layers.{i}.self_attn.q_proj" for i in range(3)] + [
         f"layers.{i}.self_attn.v_proj" for i in range(3)]
     assert all(g.in_base for g in lora)
+    path, stored = fam.locate(fam.models[0], "layers.0.self_attn.q_proj.lora_B.weight")
+    assert path.endswith("adapter_model.safetensors")
+    assert stored == "base_model.model.layers.0.self_attn.q_proj.lora_B.weight"
     g = find_group(cat, "base_model.model.layers.0.self_attn.q_proj.lora_A.weight")
     assert (g.kind, g.shape, g.rank, g.n_models) == ("lora", (6, 8), 4, 3)
     assert default_view(fam, g) == "dW"
@@ -109,8 +112,8 @@ def test_peft_family_with_base_and_merge_equivalence(tmp_path):
     g1 = find_group(cat, "layers.1.self_attn.q_proj")
     assert g1.rank is None and g1.ranks == (2, 4)
     assert stream_for_view(fam, g1, "dW").ranks == (4, 2, 4)
-    with pytest.raises(OptionError, match=r"one LoRA rank across models, found ranks \[2, 4\]; use view 'dW'"):
-        stream_for_view(fam, g1, "A")
+    with pytest.raises(OptionError, match=r"ranks differ across models, so only mode in .*use view 'dW'"):
+        stream_for_view(fam, g1, "A").check("model", "none", "view 'A'")
     with pytest.raises(OptionError, match="does not apply"):
         stream_for_view(fam, g1, "full")
 

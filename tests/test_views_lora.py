@@ -41,8 +41,22 @@ def test_factor_stream_mixed_ranks_and_scales(tmp_path):
             np.testing.assert_allclose(b.numpy(), rb, rtol=0, atol=1e-12)
     for w, (rb, ra, rs) in zip(st.dense().open(), refs):
         np.testing.assert_allclose(w.numpy(), rs * rb @ ra, rtol=0, atol=1e-9)
-    for view in ("A", "B"):
-        with pytest.raises(OptionError, match="found ranks \\[2, 3, 5\\]"):
-            stream_for_view(fam, g, view)
+    # Mixed ranks: A and B are zero-padded to the largest rank, which leaves the stacked rows of A
+    # (in-mode) and columns of B (out-mode) exact; the other modes and centerings are refused.
+    from explorer.analysis import analyze
+    from explorer.spectral import SpectralOptions
+
+    for view, mode, unfold in (("A", "in", np.vstack([ra for _, ra, _ in refs])),
+                               ("B", "out", np.hstack([rb for rb, _, _ in refs]))):
+        st = stream_for_view(fam, g, view)
+        st.check(mode, "none", view)
+        res = analyze(fam, g, view=view, options=SpectralOptions(mode=mode), metrics=None)
+        s = np.linalg.svd(unfold, compute_uv=False)
+        np.testing.assert_allclose(res.spectrum.eigenvalues[: len(s)], s**2, rtol=1e-10)
+        other = "out" if mode == "in" else "in"
+        with pytest.raises(OptionError, match="ranks differ across models"):
+            st.check(other, "none", view)
+        with pytest.raises(OptionError, match="ranks differ across models"):
+            st.check(mode, "model", view)
     with pytest.raises(OptionError, match="is not one of"):
         stream_for_view(fam, g, "nope")

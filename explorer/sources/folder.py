@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..family import Family, ModelRef, labels_from_mapping, model_headers
+from ..security import check_local_path
 from ..metadata import compile_name_regex, read_sidecar, readme_labels, regex_labels
 from . import readers, sharded
 from .peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter_config
@@ -65,6 +66,7 @@ def load_model(path: str | Path, name: str, labels: dict[str, object] | None = N
         If the model cannot be read: naming the file and what is wrong.
     """
     path = Path(path)
+    check_local_path(path, "model")  # server mode: a member symlinked out of the roots is refused
     merged: dict[str, object] = {}
     adapter = None
     weight_map = index = None
@@ -80,17 +82,25 @@ def load_model(path: str | Path, name: str, labels: dict[str, object] | None = N
                 raise InputError(f"{path}: has {ADAPTER_CONFIG} but no {' or '.join(ADAPTER_WEIGHTS)}")
             files = (str(found[0]),)
         else:
+            orphan = [w for w in ADAPTER_WEIGHTS if (path / w).is_file()]
+            if orphan:
+                # PEFT weights without their config: the LoRA scale alpha/r would be a guess.
+                raise InputError(f"{path}: has {orphan[0]} but no {ADAPTER_CONFIG} (needed for the LoRA scale alpha/r)")
             files, weight_map, index = _dir_files(path)
+        if (path / "README.md").exists():
+            check_local_path(path / "README.md", "README.md")
         merged.update(readme_labels(path))
     else:
         raise InputError(f"{path}: does not exist")
     merged.update(labels or {})
+    for f in files:
+        check_local_path(f, "weight file")
     model = ModelRef(name, files, labels_from_mapping(merged), source or str(path), adapter)
     tensors = model_headers(model)  # reads every header: corrupt/truncated files fail here
     if index is not None and weight_map is not None:
         sharded.check_shards(index, weight_map)
-    if not any(len(info.shape) == 2 for info, _, _ in tensors.values()):
-        raise InputError(f"{path}: holds no 2-D weight tensor")
+    if not any(len(info.shape) == 2 and min(info.shape) > 0 for info, _, _ in tensors.values()):
+        raise InputError(f"{path}: holds no non-empty 2-D weight tensor")
     return model
 
 
@@ -144,9 +154,14 @@ def load_folder(
     if not folder.is_dir():
         raise InputError(f"{folder}: is not a folder")
     rx = compile_name_regex(name_regex)
+    if (folder / "metadata.csv").exists():
+        check_local_path(folder / "metadata.csv", "metadata.csv")
     sidecar = read_sidecar(folder)
     search = folder / "models" if (folder / "models").is_dir() else folder
     single = (search / ADAPTER_CONFIG).is_file() or sharded.find_index(search) is not None
+    orphan = [w for w in ADAPTER_WEIGHTS if (search / w).is_file()]
+    if orphan and not single:
+        raise InputError(f"{search}: has {orphan[0]} but no {ADAPTER_CONFIG} (needed for the LoRA scale alpha/r)")
     members = [search] if single else _members(search)
     models: list[ModelRef] = []
     skipped: list[str] = []

@@ -16,7 +16,9 @@ from typing import Callable
 
 from ..errors import InputError
 from ..family import Family, ModelRef
+from ..metadata import compile_name_regex, regex_labels
 from .folder import load_model
+from ..security import hub_download_allowed, server_mode, validate_repo_id, validate_revision
 from .peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 ProgressFn = Callable[[int, int, str], None]
@@ -60,7 +62,12 @@ def parse_spec(source: str) -> list[tuple[str, str | None]]:
             continue
         repo, _, rev = item.partition("@")
         if repo.count("/") != 1 or not all(repo.split("/")):
-            raise InputError(f"{source}: {item!r} is not ORG/REPO[@REVISION]")
+            shown = item.encode("ascii", "backslashreplace").decode()
+            raise InputError(f"{source}: {shown!r} is not ORG/REPO[@REVISION]")
+        # Checked before any Hub call or cache path is built from it (no "../" can reach a path).
+        validate_repo_id(repo, source, glob=any(c in repo for c in "*?["))
+        if rev:
+            validate_revision(rev, source)
         out.append((repo, rev or None))
     if not out:
         raise InputError(f"{source}: names no repository (expected hf:ORG/REPO[,ORG/REPO...])")
@@ -88,9 +95,10 @@ def expand_glob(pattern: str, cache: Path) -> list[str]:
     InputError
         If nothing matches.
     """
-    if is_offline():
+    if is_offline() or (server_mode() and not hub_download_allowed(pattern)):
         found = [r for r in cached_repos(cache) if fnmatch.fnmatchcase(r, pattern)]
-        where = f"the local HF cache {cache} (HF_HUB_OFFLINE is set)"
+        why = "HF_HUB_OFFLINE is set" if is_offline() else "server mode: no Hub listing"
+        where = f"the local HF cache {cache} ({why})"
     else:
         from huggingface_hub import HfApi
 
@@ -134,11 +142,14 @@ def choose_files(files: list[str]) -> list[str]:
 def _snapshot(repo: str, rev: str | None, cache: Path) -> tuple[Path, str]:
     """Download (or find offline) what ``repo`` needs; return its snapshot folder and commit."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError,
+        RepositoryNotFoundError, RevisionNotFoundError,
+    )
 
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    offline = is_offline()
+    # Server mode downloads nothing unless EXPLORER_HUB_ALLOW names the repo: cache only.
+    refused = not hub_download_allowed(repo)
+    offline = is_offline() or refused
     listing: list[str] = []
     commit = rev or "main"
     if not offline:
@@ -168,6 +179,9 @@ def _snapshot(repo: str, rev: str | None, cache: Path) -> tuple[Path, str]:
     except IncompleteSnapshotError as exc:
         raise InputError(f"hf:{repo}: {str(exc).splitlines()[0]}") from None
     except LocalEntryNotFoundError:
+        if refused:
+            raise InputError(f"hf:{repo}: is not in the local HF cache {cache}, and server mode allows no "
+                             "Hub downloads (EXPLORER_HUB_ALLOW lists the repos it may download)") from None
         raise InputError(f"hf:{repo}{'@' + rev if rev else ''}: is not in the local HF cache {cache} "
                          "and the Hub cannot be reached (or HF_HUB_OFFLINE is set)") from None
     except HfHubHTTPError as exc:
@@ -178,7 +192,12 @@ def _snapshot(repo: str, rev: str | None, cache: Path) -> tuple[Path, str]:
     return folder, folder.name
 
 
-def load_hub(source: str, progress: ProgressFn | None = None, cache_dir: str | Path | None = None) -> Family:
+def load_hub(
+    source: str,
+    progress: ProgressFn | None = None,
+    cache_dir: str | Path | None = None,
+    name_regex: str | None = None,
+) -> Family:
     """Resolve ``hf:...`` into a family: one model per repo, named by its repo id.
 
     Parameters
@@ -189,6 +208,8 @@ def load_hub(source: str, progress: ProgressFn | None = None, cache_dir: str | P
         Called after each repo.
     cache_dir : path, optional
         HF cache folder (default: the standard one, ``$HF_HUB_CACHE``).
+    name_regex : str, optional
+        Regex with named groups applied to each repo id, e.g. ``task(?P<task>\\d+)``.
 
     Raises
     ------
@@ -196,6 +217,7 @@ def load_hub(source: str, progress: ProgressFn | None = None, cache_dir: str | P
         If no repo can be used; repos that fail are listed in ``Family.skipped``.
     """
     cache = Path(cache_dir).expanduser() if cache_dir else hub_cache()
+    rx = compile_name_regex(name_regex)
     repos: list[tuple[str, str | None]] = []
     for repo, rev in parse_spec(source):
         if any(c in repo for c in "*?["):
@@ -207,7 +229,7 @@ def load_hub(source: str, progress: ProgressFn | None = None, cache_dir: str | P
     for i, (repo, rev) in enumerate(dict.fromkeys(repos)):
         try:
             folder, commit = _snapshot(repo, rev, cache)
-            labels = {"repo": repo, "revision": commit}
+            labels = {"repo": repo, "revision": commit, **regex_labels(rx, repo)}
             models.append(load_model(folder, repo, labels, source=f"hf:{repo}@{commit}"))
         except InputError as exc:
             skipped.append(f"{repo}: {exc}")

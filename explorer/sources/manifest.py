@@ -27,6 +27,9 @@ from ..family import Family, ModelRef, labels_from_mapping
 from ..metadata import compile_name_regex, regex_labels
 
 FORMAT = "subspace-explorer/family/1"
+# A manifest is a few lines; anything larger is refused before it is parsed.
+MAX_MANIFEST_BYTES = 1 << 20
+_SCALARS = (str, int, float, bool, type(None))
 SUFFIXES = (".yaml", ".yml", ".json")
 ProgressFn = Callable[[int, int, str], None]
 
@@ -47,23 +50,46 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise InputError(f"{path}: is larger than {MAX_MANIFEST_BYTES >> 20} MB, too large for a manifest")
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
         raise InputError(f"{path}: cannot be parsed as a manifest ({exc.__class__.__name__})") from None
+    return check_manifest(data, path)
+
+
+def check_manifest(data: object, path: str | Path) -> dict[str, Any]:
+    """Check the parsed content of a manifest (see :func:`read_manifest`); return it normalised.
+
+    Raises
+    ------
+    InputError
+        If a field has the wrong type (a YAML alias bomb fails here too: values must be scalars).
+    """
     if not isinstance(data, dict):
         raise InputError(f"{path}: a manifest must be a mapping with a 'sources' list")
     sources = data.get("sources")
     if isinstance(sources, str):
         sources = [sources]
-    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s.strip() for s in sources):
         raise InputError(f"{path}: field 'sources' must be a non-empty list of SOURCE strings")
+    if any("\0" in s for s in sources):
+        raise InputError(f"{path}: a source in 'sources' holds a NUL character")
     labels = data.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(v, dict) for v in labels.values()):
-        raise InputError(f"{path}: field 'labels' must map model names to mappings of labels")
+    if not isinstance(labels, dict) or not all(
+        isinstance(v, dict) and all(isinstance(x, _SCALARS) for x in v.values()) for v in labels.values()
+    ):
+        raise InputError(f"{path}: field 'labels' must map model names to mappings of plain labels")
+    labels = {str(k): {str(a): b for a, b in v.items()} for k, v in labels.items()}
     base = data.get("base")
-    if base is not None and not isinstance(base, str):
+    if base is not None and (not isinstance(base, str) or "\0" in base):
         raise InputError(f"{path}: field 'base' must be one SOURCE string")
+    for key in ("name", "name_regex"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InputError(f"{path}: field {key!r} must be a string")
+    if data.get("format") is not None and not isinstance(data["format"], str):
+        raise InputError(f"{path}: field 'format' must be a string such as {FORMAT!r}")
     return {**data, "sources": sources, "labels": labels}
 
 

@@ -10,6 +10,7 @@ its base model.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # PEFT's wrapper prefix: the saved adapter nests the base model under `base_model.model.`.
 _PEFT_PREFIX = "base_model.model."
@@ -24,6 +25,7 @@ LORA_B = ".lora_B.weight"
 LORA_ALPHA = ".alpha"
 
 
+@lru_cache(maxsize=1 << 16)  # the same few hundred names recur in every adapter of a family
 def canonical_name(raw: str) -> str:
     """Return the canonical spelling of a stored tensor name.
 

@@ -35,42 +35,90 @@ def is_weight_file(name: str) -> bool:
     return name.lower().endswith(WEIGHT_SUFFIXES)
 
 
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # json.loads keeps the last of repeated keys silently; two tensors of one name are corrupt.
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _shown(name: str) -> str:
+    """A name safe to print on any terminal (lone surrogates and controls escaped)."""
+    return repr(name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace"))
+
+
 @lru_cache(maxsize=8192)
 def _header_cached(path: str, mtime_ns: int, size: int) -> dict[str, tuple[tuple[int, ...], str]]:
     # Unbuffered, so exactly the 8 length bytes and the header are read (the bench counts them).
-    with open(path, "rb", buffering=0) as fh:
-        raw = fh.read(8)
-        if len(raw) < 8:
-            raise InputError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise InputError(f"{path}: truncated or not safetensors (header claims {n} bytes, file has {size})")
-        blob = fh.read(n)
     try:
-        header = json.loads(blob)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: safetensors header is not valid JSON ({exc.__class__.__name__})") from None
+        with open(path, "rb", buffering=0) as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise InputError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER_BYTES:
+                raise InputError(f"{path}: safetensors header claims {n} bytes, over the "
+                                 f"{MAX_HEADER_BYTES >> 20} MB limit (corrupt or not safetensors)")
+            if 8 + n > size:
+                raise InputError(f"{path}: truncated or not safetensors (header claims {n} bytes, file has {size})")
+            blob = fh.read(n)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        header = json.loads(blob, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise InputError(f"{path}: safetensors header names tensor {_shown(str(exc))} twice") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"{path}: safetensors header is not valid JSON (UTF-8 expected, {exc.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: safetensors header is not a JSON object")
     out: dict[str, tuple[tuple[int, ...], str]] = {}
+    spans: list[tuple[int, int, str]] = []
+    data_size = size - 8 - n
     for name, spec in header.items():
         if name == "__metadata__":
             continue
         try:
-            shape = tuple(int(s) for s in spec["shape"])
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a JSON-escaped lone surrogate: not a name any tool can write
+            raise InputError(f"{path}: tensor name {_shown(name)} is not valid UTF-8") from None
+        try:
+            shape = tuple(_as_int(s) for s in spec["shape"])
             dtype = str(spec["dtype"])
-            begin, end = (int(x) for x in spec["data_offsets"])
+            begin, end = (_as_int(x) for x in spec["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if not 0 <= begin <= end <= size - 8 - n:
-            raise InputError(f"{path}: tensor {name!r} lies beyond the end of the file (truncated?)")
+            raise InputError(f"{path}: tensor {_shown(name)} has a malformed header entry") from None
+        if any(s < 0 for s in shape):
+            raise InputError(f"{path}: tensor {_shown(name)} has a negative dimension in shape {shape}")
+        if not 0 <= begin <= end <= data_size:
+            raise InputError(f"{path}: tensor {_shown(name)} lies beyond the end of the file (truncated?)")
         numel = 1
         for s in shape:
             numel *= s
         if dtype in _ITEMSIZE and numel * _ITEMSIZE[dtype] != end - begin:
-            raise InputError(f"{path}: tensor {name!r} has {end - begin} data bytes for shape {shape} {dtype}")
+            raise InputError(f"{path}: tensor {_shown(name)} has {end - begin} data bytes for shape {shape} {dtype}")
         out[name] = (shape, dtype)
+        if end > begin:
+            spans.append((begin, end, name))
+    spans.sort()
+    for (_, e0, a), (b1, _, b) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise InputError(f"{path}: tensors {_shown(a)} and {_shown(b)} overlap in the data section")
     return out
+
+
+def _as_int(x: object) -> int:
+    # int() would accept 2.7, "12" or True; a header holds JSON integers only.
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise ValueError(x)
+    return x
 
 
 def _stat(path: str) -> os.stat_result:

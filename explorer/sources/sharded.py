@@ -40,6 +40,11 @@ def read_index(index: Path) -> tuple[tuple[str, ...], dict[str, str]]:
         raise InputError(f"{index}: is not a checkpoint index (JSON with a 'weight_map')") from None
     if not weight_map:
         raise InputError(f"{index}: its weight_map is empty")
+    for shard in set(weight_map.values()):
+        # Shards sit next to their index; a path in the map must not reach anywhere else.
+        if not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
+            shown = shard.encode("ascii", "backslashreplace").decode()
+            raise InputError(f"{index}: shard {shown!r} is not a plain file name next to the index")
     paths = {v: str(index.parent / v) for v in set(weight_map.values())}
     for shard, p in sorted(paths.items()):
         if not Path(p).is_file():

@@ -53,6 +53,8 @@ def _torch_load(path: str) -> object:
     except RuntimeError as exc:
         if "mmap" not in str(exc) and "zip" not in str(exc).lower():
             raise InputError(f"{path}: corrupt or truncated torch file ({_refusal(exc)})") from None
+    except (OSError, EOFError, ValueError):  # a cut file can fail inside mmap itself: try a plain load
+        pass
     # Legacy (pre-zip) files cannot be memory-mapped; zip errors get a second, plain attempt too.
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -126,5 +128,8 @@ def read_header(path: str, mtime_ns: int, size: int) -> dict[str, tuple[tuple[in
 
 
 def load_tensor(path: str, mtime_ns: int, size: int, name: str) -> torch.Tensor:
-    """One tensor of a torch file (the loaded file stays cached for the next call)."""
-    return _state_dict(path, mtime_ns, size)[name]
+    """One tensor of a torch file (the loaded file stays cached for the next call).
+
+    A copy: the cached state dict must not change if the caller modifies the tensor in place.
+    """
+    return _state_dict(path, mtime_ns, size)[name].clone()

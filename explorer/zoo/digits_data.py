@@ -192,14 +192,19 @@ def _pad(parts: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def stack_tasks(names: list[str]) -> StackedData:
-    """Pad the data of tasks ``names`` (one per model, repeats allowed) into :class:`StackedData`."""
+def stack_tasks(names: list[str], test_only: bool = False) -> StackedData:
+    """Pad the data of tasks ``names`` (one per model, repeats allowed) into :class:`StackedData`.
+
+    With ``test_only`` the training stacks are left empty (shape (M, 0, 64)): evaluation
+    needs only the test side.
+    """
     data = [task_data(n) for n in names]
     mask = _pad([torch.ones(len(d.y_test), dtype=torch.bool) for d in data])
+    train = [d.x_train[:0] if test_only else d.x_train for d in data]
     return StackedData(
-        x_train=_pad([d.x_train for d in data]),
-        y_train=_pad([d.y_train for d in data]),
-        n_train=torch.tensor([len(d.y_train) for d in data], dtype=torch.int64),
+        x_train=_pad(train),
+        y_train=_pad([d.y_train[:0] if test_only else d.y_train for d in data]),
+        n_train=torch.tensor([len(t) for t in train], dtype=torch.int64),
         x_test=_pad([d.x_test for d in data]),
         y_test=_pad([d.y_test for d in data]),
         test_mask=mask,

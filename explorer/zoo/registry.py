@@ -34,6 +34,8 @@ class ZooRecipe:
         Writes ``models/`` and ``metadata.csv`` into ``folder``.
     default : bool
         Built by ``zoo build`` with no names (and by the quick start).
+    expected_seconds : float or None
+        Typical build time on the reference 2-core machine, to announce before a long build.
     """
 
     name: str
@@ -41,6 +43,7 @@ class ZooRecipe:
     description: str
     build: Callable[[Path, ProgressFn | None], None]
     default: bool = True
+    expected_seconds: float | None = None
 
 
 RECIPES: dict[str, ZooRecipe] = {}
@@ -53,7 +56,7 @@ def register(recipe: ZooRecipe) -> ZooRecipe:
 
 def _load_builtin() -> None:
     # Imported here, not at module top, so each recipe module can import `register` from us.
-    from . import digits, planted  # noqa: F401
+    from . import digits, minilm, planted  # noqa: F401
 
 
 def list_recipes() -> list[ZooRecipe]:

@@ -1,0 +1,72 @@
+"""Embedding view: each model as a point in the shared basis, coloured by a metadata column."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .style import base_layout, color
+
+
+def embedding_figure(
+    points: np.ndarray,
+    table: pd.DataFrame,
+    color_by: str | None = None,
+    *,
+    title: str = "Models in the shared basis",
+    axis_titles: Sequence[str] = ("axis 1", "axis 2", "axis 3"),
+) -> go.Figure:
+    """Scatter of models (2-D or 3-D), one trace per value of ``color_by`` (numeric: a colour scale).
+
+    Parameters
+    ----------
+    points : ndarray, shape (N, 2) or (N, 3)
+    table : DataFrame, N rows
+        Must have a ``name`` column; every column is shown on hover.
+    color_by : str, optional
+        Column of ``table`` to colour by.
+
+    Returns
+    -------
+    go.Figure
+        Categorical colouring: one trace per category, named by it; numeric or none: one trace
+        ``"models"``.  Each point's ``customdata`` is its row index in ``table`` (for selections).
+    """
+    points = np.asarray(points, dtype=float)
+    dims = points.shape[1]
+    idx = np.arange(len(table))
+    cols = [c for c in table.columns if c != "name"][:8]  # hover shows name + up to 8 labels
+    names = table["name"].astype(str).to_numpy()
+    trace = go.Scatter3d if dims == 3 else go.Scattergl
+
+    def add(sel: np.ndarray, name: str, marker: dict) -> None:
+        rows = table.iloc[sel]
+        # Hover text carries the name and the labels; plotly has no per-point dict lookup.
+        text = [f"<b>{n}</b>" + "".join(f"<br>{c}: {rows.iloc[j][c]}" for c in cols) for j, n in enumerate(names[sel])]
+        kw = dict(x=points[sel, 0], y=points[sel, 1], mode="markers", name=name, marker=marker,
+                  text=text, customdata=idx[sel], hovertemplate="%{text}<extra></extra>")
+        if dims == 3:
+            kw["z"] = points[sel, 2]
+        fig.add_trace(trace(**kw))
+
+    fig = go.Figure()
+    size = 4 if len(table) > 300 else 8
+    if color_by and color_by in table.columns:
+        col = table[color_by]
+        numeric = pd.to_numeric(col, errors="coerce")
+        if numeric.notna().all() and col.nunique() > 12:
+            add(idx, "models", dict(size=size, color=numeric.to_numpy(), colorscale="Viridis",
+                                    colorbar=dict(title=color_by), showscale=True))
+        else:
+            for i, key in enumerate(pd.unique(col.astype(str))):
+                add(idx[col.astype(str).to_numpy() == key], str(key), dict(size=size, color=color(i)))
+    else:
+        add(idx, "models", dict(size=size, color=color(0)))
+    axes = {"xaxis": dict(title=axis_titles[0]), "yaxis": dict(title=axis_titles[1])}
+    if dims == 3:
+        fig.update_layout(scene=dict(xaxis_title=axis_titles[0], yaxis_title=axis_titles[1], zaxis_title=axis_titles[2]),
+                          height=650)
+        axes = {}
+    return base_layout(fig, title, dragmode="lasso" if dims == 2 else None, **axes)

@@ -1,0 +1,95 @@
+"""Generalization views: held-out coverage against k, and accuracy of projected models against k."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .style import NULL_COLOR, base_layout, color, rgba
+
+
+def coverage_figure(
+    curves: Mapping[str, np.ndarray],
+    *,
+    bands: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    levels: Mapping[str, float] | None = None,
+    max_k: int = 64,
+    title: str = "Captured energy of held-out models",
+) -> go.Figure:
+    """Mean captured energy against k for several fits, with optional 5-95 % bands and flat levels.
+
+    Parameters
+    ----------
+    curves : mapping label -> ndarray (K,)
+        E.g. ``fitted``, ``held-out (5-fold)``, ``held-out (LOO)``, ``null median``, ``random subspace``.
+        Labels containing "null" or "random" are drawn dashed grey.
+    bands : mapping label -> (lo (K,), hi (K,)), optional
+        Shaded bands for the curves of the same label.
+    levels : mapping label -> float, optional
+        Horizontal reference levels (e.g. ``mean-only``).
+
+    Returns
+    -------
+    go.Figure
+        One line trace per curve, named by its label; x = 1..K.
+    """
+    fig = go.Figure()
+    for i, (label, y) in enumerate(curves.items()):
+        y = np.asarray(y, dtype=float)[:max_k]
+        x = np.arange(1, len(y) + 1)
+        baseline = "null" in label or "random" in label
+        c = NULL_COLOR if baseline else color(i)
+        if bands and label in bands:
+            lo, hi = (np.asarray(b, dtype=float)[: len(y)] for b in bands[label])
+            fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]),
+                                     fill="toself", fillcolor=rgba(c, 0.15), line=dict(width=0),
+                                     name=f"{label} 5–95 %", hoverinfo="skip", showlegend=False))
+        dash = "dot" if "random" in label else "dash" if baseline else "solid"
+        fig.add_trace(go.Scatter(x=x, y=y, name=label, mode="lines",
+                                 line=dict(color=c, width=2, dash=dash),
+                                 hovertemplate=f"{label}<br>k = %{{x}}<br>captured %{{y:.4f}}<extra></extra>"))
+    for j, (label, v) in enumerate((levels or {}).items()):
+        fig.add_hline(y=v, line=dict(color=color(j + 5), dash="dot"), annotation_text=f"{label}: {v:.3f}",
+                      annotation_position="bottom left")
+    return base_layout(fig, title, xaxis=dict(title="k (components)"),
+                       yaxis=dict(title="captured energy ‖U_kᵀW‖²/‖W‖²", range=[0, 1.02]))
+
+
+def accuracy_figure(
+    ks: np.ndarray,
+    accuracy: Mapping[str, np.ndarray],
+    *,
+    original: Mapping[str, float] | None = None,
+    chance: float | None = None,
+    title: str = "Accuracy of models projected onto k shared components",
+) -> go.Figure:
+    """Test accuracy against k, one line per task group, with the unprojected accuracy as reference.
+
+    Parameters
+    ----------
+    ks : ndarray, shape (K,)
+    accuracy : mapping group -> ndarray (K,)
+        Mean accuracy of the group's models after projecting the layer onto k components.
+    original : mapping group -> float, optional
+        The group's accuracy without projection (dotted line of the same colour).
+    chance : float, optional
+
+    Returns
+    -------
+    go.Figure
+        One line trace per group, named by it.
+    """
+    fig = go.Figure()
+    for i, (g, acc) in enumerate(accuracy.items()):
+        fig.add_trace(go.Scatter(x=np.asarray(ks), y=np.asarray(acc, dtype=float), name=str(g),
+                                 mode="lines+markers", line=dict(color=color(i), width=2),
+                                 hovertemplate=f"{g}<br>k = %{{x}}<br>accuracy %{{y:.3f}}<extra></extra>"))
+        if original and g in original:
+            fig.add_hline(y=original[g], line=dict(color=color(i), dash="dot", width=1))
+    if chance is not None:
+        fig.add_hline(y=chance, line=dict(color=NULL_COLOR, dash="dash"), annotation_text=f"chance {chance:.2f}")
+    ks = np.asarray(ks)
+    return base_layout(fig, title, xaxis=dict(title="k (components kept)", type="log", tickmode="array",
+                                              tickvals=ks, ticktext=[str(int(k)) for k in ks]),
+                       yaxis=dict(title="test accuracy", range=[0, 1.02]))

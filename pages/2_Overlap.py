@@ -1,0 +1,114 @@
+"""Overlap: how much the models' own subspaces, the layers and the groups share directions."""
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui
+from explorer.angles import layer_overlap
+from explorer.decimate import decimate_square
+from explorer.errors import ExplorerError
+from explorer.figures import angle_distribution_figure, overlap_heatmap_figure, universal_overlap_figure
+from explorer.random_reference import random_principal_angles
+
+sel = ui.page_setup("Overlap", "🔀")
+st.title("Subspace overlap")
+if sel is None:
+    st.stop()
+res = ui.analysis(sel)
+if res is None:
+    st.stop()
+m = res.metrics
+if m is None or m.own_overlap is None:
+    st.info("Overlaps compare each model's own top-k subspace in the output (out-mode) or input (in-mode) "
+            "space; pick the out or in mode in the sidebar.")
+    st.stop()
+d = res.spectrum.basis.shape[0]
+k = m.own_cosines.shape[1] if m.own_cosines is not None else 8
+expect = k / d
+table = ui.metadata_table(res)
+group_cols = [c for c in table.columns if c != "name" and 1 < table[c].nunique() <= 32]
+st.markdown(
+    f"Each model's own top-{k} subspace (from its own SVD) against the others' and against the shared "
+    f"top-{k} basis. Overlap = Σcos²θ / k ∈ [0, 1]; two random {k}-dim subspaces of R^{d} overlap "
+    f"**{expect:.3f}** in expectation."
+)
+tab_models, tab_layers, tab_groups, tab_families = st.tabs(["Models", "Layers", "Groups", "Families"])
+with tab_models:
+    names, mat = decimate_square(res.models, m.own_overlap, 200)
+    heat = overlap_heatmap_figure(mat, names, title=f"Model × model overlap (top-{k} own subspaces)", expectation=expect)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(heat, key="overlap_models")
+    angles = angle_distribution_figure(m.own_cosines, random_angles=random_principal_angles(d, k))
+    c2.plotly_chart(angles, key="overlap_angles")
+    color_col = st.selectbox("Colour by", ["(none)"] + group_cols, key="overlap_color")
+    bars = universal_overlap_figure(res.models, m.own_vs_universal,
+                                    None if color_col == "(none)" else table[color_col].astype(str).tolist(),
+                                    expectation=expect)
+    st.plotly_chart(bars, key="overlap_universal")
+with tab_layers:
+    same = ui.layers_in_range(sel)
+    picked = st.multiselect("Layers", same, default=same[:12], key="overlap_layers")
+    layer_fig = None
+    try:
+        # The selected layer first: layers whose basis lives in another dimension are dropped.
+        order = [sel.layer] + [n for n in picked if n != sel.layer] if sel.layer in picked else picked
+        bases = {n: ui.compute(sel, layer=n).spectrum.basis for n in order}
+    except ExplorerError as exc:
+        st.error(str(exc))
+        bases = {}
+    if len(bases) >= 2:
+        names_l, mat_l = layer_overlap(bases, k)
+        layer_fig = overlap_heatmap_figure(mat_l, names_l, title=f"Layer × layer overlap of the shared top-{k} bases",
+                                           expectation=expect)
+        st.plotly_chart(layer_fig, key="overlap_layers_heat")
+        if len(names_l) < len(bases):
+            st.caption("Layers whose basis lives in another dimension are left out.")
+    else:
+        st.info("Pick at least two layers of this module type.")
+with tab_groups:
+    group_fig = None
+    if group_cols:
+        current = m.group_by if m.group_by in group_cols else group_cols[0]
+        by = st.selectbox("Group by", group_cols, index=group_cols.index(current), key="overlap_group_by",
+                          help="A basis is fitted per group (e.g. init_group for the shared-A critique of LoRA).")
+        if by != m.group_by:
+            try:
+                m = ui.compute(sel, metrics=replace(sel.metrics, group_by=by)).metrics
+            except ExplorerError as exc:
+                st.error(str(exc))
+    if m.group_overlap is not None:
+        group_fig = overlap_heatmap_figure(m.group_overlap, m.group_names,
+                                           title=f"Group × group overlap (basis fitted per '{m.group_by}')",
+                                           expectation=expect)
+        st.plotly_chart(group_fig, key="overlap_groups")
+        if m.group_vs_universal is not None:
+            st.dataframe(pd.DataFrame({"group": m.group_names, "overlap with universal": np.round(m.group_vs_universal, 4)}),
+                         hide_index=True)
+    else:
+        st.info("No metadata column with 2–32 groups was found for group × group overlaps.")
+with tab_families:
+    family_fig = None
+    others = st.multiselect(f"Families to compare ({sel.layer}, same shape)", ui.comparable_families(sel),
+                            key="overlap_families")
+    try:
+        fam_bases = {sel.source: res.spectrum.basis} | {src: ui.compute(sel, source=src).spectrum.basis for src in others}
+    except ExplorerError as exc:
+        st.error(str(exc))
+        fam_bases = {}
+    if len(fam_bases) >= 2:
+        names_f, mat_f = layer_overlap(fam_bases, k)
+        family_fig = overlap_heatmap_figure(mat_f, names_f, expectation=expect,
+                                            title=f"Family × family overlap of the shared top-{k} bases ({sel.layer})")
+        st.plotly_chart(family_fig, key="overlap_families_heat")
+    else:
+        st.info("Pick other families holding this layer to compare their shared subspaces.")
+own = pd.DataFrame({"name": res.models, "overlap with universal": m.own_vs_universal})
+figs = {"model-overlap": heat, "angles": angles, "universal": bars}
+if layer_fig is not None:
+    figs["layer-overlap"] = layer_fig
+if family_fig is not None:
+    figs["family-overlap"] = family_fig
+ui.export_bar("overlap", figs, {"model-overlap": pd.DataFrame(m.own_overlap, index=res.models, columns=res.models).reset_index(),
+                                "universal-overlap": own}, res)

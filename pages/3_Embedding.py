@@ -1,0 +1,81 @@
+"""Embedding: each model as a point in the shared basis; select points to inspect them."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui
+from explorer.embedding import METHODS, embed, explained_ratio
+from explorer.errors import ExplorerError
+from explorer.figures import coverage_figure, embedding_figure
+
+METHOD_LABELS = {"pca": "PCA (instant)", "umap": "UMAP (first use compiles, ~15 s)", "tsne": "t-SNE"}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_embedding(key: str, method: str, dims: int, _x: np.ndarray) -> np.ndarray:
+    """Embedding keyed by the analysis' content key (the features are not hashed)."""
+    return embed(_x, method, dims)
+
+
+sel = ui.page_setup("Embedding", "🫧")
+st.title("Models in the shared basis")
+if sel is None:
+    st.stop()
+res = ui.analysis(sel)
+if res is None:
+    st.stop()
+m = res.metrics
+features = None
+if m is not None:
+    features = m.coords if m.coords is not None else m.scores
+if features is None:
+    st.info("No coordinates were computed for this analysis.")
+    st.stop()
+table = ui.metadata_table(res)
+c1, c2, c3 = st.columns(3)
+method = c1.selectbox("Method", METHODS, format_func=METHOD_LABELS.get, key="emb_method")
+dims = c2.radio("Dimensions", [2, 3], horizontal=True, key="emb_dims")
+cols = [c for c in table.columns if c != "name"]
+color_by = c3.selectbox("Colour by", cols or ["(none)"], key="emb_color")
+what = ("C_i = U_kᵀ W_i V_k, flattened" if m.coords is not None else "model-mode scores √λ_l q_il")
+st.caption(f"Each point is one model; its features are its coordinates in the shared basis ({what}, "
+           f"{features.shape[1]} numbers), placed by {method.upper()}. Box or lasso-select points to inspect them.")
+try:
+    if method == "pca":
+        pts = cached_embedding(res.cache_key or "", method, dims, features)
+    else:
+        with st.spinner(f"Computing {method.upper()}…"):
+            pts = cached_embedding(res.cache_key or "", method, dims, features)
+except ExplorerError as exc:
+    st.error(str(exc))
+    st.stop()
+titles = ("axis 1", "axis 2", "axis 3")
+if method == "pca":
+    r = explained_ratio(features, dims)
+    titles = tuple(f"PC{i + 1} ({100 * r[i]:.1f} %)" for i in range(dims))
+fig = embedding_figure(pts, table, None if color_by == "(none)" else color_by, axis_titles=titles,
+                       title=f"{res.family} · {res.group.name} · {method.upper()} of shared-basis coordinates")
+event = st.plotly_chart(fig, key="emb_scatter", on_select="rerun", selection_mode=("points", "box", "lasso"))
+chosen: list[int] = []
+points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+    getattr(getattr(event, "selection", None), "points", []) or []
+for p in points:
+    cd = p.get("customdata")
+    if cd is not None:
+        chosen.append(int(cd[0] if isinstance(cd, (list, tuple)) else cd))
+chosen = sorted(set(chosen))
+figs = {"embedding": fig}
+if chosen:
+    st.subheader(f"{len(chosen)} selected models")
+    st.dataframe(table.iloc[chosen], hide_index=True)
+    rest = np.setdiff1d(np.arange(len(table)), chosen)
+    curves = {"selected (mean)": m.energy_one[chosen].mean(axis=0)}
+    if len(rest):
+        curves["rest (mean)"] = m.energy_one[rest].mean(axis=0)
+    sel_fig = coverage_figure(curves, title="Captured energy of the selected models vs the rest")
+    st.plotly_chart(sel_fig, key="emb_selected_spectrum")
+    figs["selected-vs-rest"] = sel_fig
+else:
+    st.caption("No points selected.")
+coords = pd.concat([table, pd.DataFrame(pts, columns=[f"x{i + 1}" for i in range(dims)])], axis=1)
+ui.export_bar("embedding", figs, {"points": coords}, res)

@@ -1,0 +1,53 @@
+"""Generalization: is the subspace universal, or just fitted? Held-out coverage and projected accuracy."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui
+from explorer.figures import accuracy_figure, coverage_figure
+from explorer.generalization import coverage_curves
+
+sel = ui.page_setup("Generalization", "🎯")
+st.title("Generalization")
+if sel is None:
+    st.stop()
+res = ui.analysis(sel)
+if res is None:
+    st.stop()
+m = res.metrics
+if m is None:
+    st.info("No metrics were computed for this analysis.")
+    st.stop()
+max_k = st.slider("Largest k shown", 2, max(2, m.energy_one.shape[1]), min(64, m.energy_one.shape[1]), key="gen_maxk")
+cov = coverage_curves(res)
+fig = coverage_figure(cov.curves, bands=cov.bands, levels=cov.levels, max_k=int(max_k),
+                      title=f"{res.group.name}: energy of models the basis was not fitted on")
+st.plotly_chart(fig, key="gen_coverage")
+st.markdown(
+    "**Fitted** is the in-sample curve; **held-out** fits the basis without each model's fold (or without the "
+    "model itself) and measures the models left out. If held-out tracks fitted, the subspace generalizes; if it "
+    "falls to the **random-subspace** line, it was only fitted. **Mean-only** reconstructs a held-out model by "
+    "its fold's mean model alone — the critics' strongest baseline. "
+    + (" ".join(m.notes) if m.notes else "")
+)
+figs = {"coverage": fig}
+tables = {"coverage": cov.table(int(max_k))}
+
+from explorer.projection import accuracy_against_k, supports  # noqa: E402  (zoo families only)
+
+if supports(res):
+    st.subheader("Accuracy after projection")
+    ks_all = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= len(res.spectrum.eigenvalues)]
+    ks = st.multiselect("k values", ks_all, default=ks_all, key="gen_ks")
+    if ks:
+        with st.spinner("Evaluating projected models…"):
+            acc = accuracy_against_k(res, tuple(sorted(ks)))
+        afig = accuracy_figure(np.array(sorted(ks)), acc.by_group, original=acc.original_by_group, chance=acc.chance)
+        st.plotly_chart(afig, key="gen_accuracy")
+        st.caption("Each model's layer is replaced by its projection onto the top-k shared directions; the other "
+                   "layers are untouched. Dotted lines: the unprojected accuracy of each group.")
+        figs["accuracy"] = afig
+        tables["accuracy"] = acc.table()
+else:
+    st.caption("Accuracy after projection is available for the built-in zoo families, which carry an evaluator.")
+ui.export_bar("generalization", figs, tables, res)

@@ -1,0 +1,109 @@
+"""The analysis pipeline: spectrum + metrics + baselines in one result, JSON, and the LoRA dW path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.analysis import TAUS, Analysis, _spectrum, analyze
+from explorer.errors import OptionError
+from explorer.metrics import MetricsOptions
+from explorer.metrics_pass import compute_metrics
+from explorer.sources.resolve import load_family
+from explorer.spectral import SpectralOptions, decompose
+from explorer.views import FactorStream
+
+
+@pytest.fixture
+def fam(family_factory):
+    rng = np.random.default_rng(0)
+    u = np.linalg.qr(rng.standard_normal((10, 2)))[0]
+    mats = {f"m{i}": {"layers.0.weight": u @ rng.standard_normal((2, 7)) + 0.01 * rng.standard_normal((10, 7))}
+            for i in range(6)}
+    labels = {f"m{i}": {"task": f"t{i % 3}"} for i in range(6)}
+    return load_family(str(family_factory("fam", mats, labels)))
+
+
+@pytest.mark.parametrize("mode", ["out", "in", "model"])
+def test_analyze_holds_everything(fam, mode):
+    a = analyze(fam, "layers.0", options=SpectralOptions(mode=mode, device="cpu"),
+                metrics=MetricsOptions(folds=3, null_draws=3))
+    assert isinstance(a, Analysis) and a.view == "full"
+    assert list(a.k_at()) == [str(t) for t in TAUS]
+    met = a.metrics
+    n = len(fam)
+    assert met.energy_one.shape[0] == n and met.heldout_kfold.shape == met.energy_one.shape
+    assert met.heldout_loo is not None  # loo=auto is cheap here
+    assert met.null_cum_median.shape == a.spectrum.eigenvalues.shape
+    assert 0 < met.mp_edge_evr <= 1
+    d = len(a.spectrum.eigenvalues)
+    np.testing.assert_allclose(a.random_subspace()[:3], np.arange(1, 4) / d)
+    np.testing.assert_array_equal(a.energy_at(1, "kfold"), met.heldout_kfold[:, 0])
+    doc = json.loads(json.dumps(a.to_json()))
+    assert doc["schema"] == "subspace-explorer/analysis/1"
+    assert len(doc["metrics"]["energy_one_mean"]) == met.energy_one.shape[1]
+    if mode != "model":
+        assert met.group_names == ["t0", "t1", "t2"] and met.group_overlap.shape == (3, 3)
+        assert met.coords.shape == (n, min(8, met.energy_two.shape[1]) ** 2)
+        # The planted rank-2 output space is shared: held-out coverage at k=2 is high.
+        if mode == "out":
+            assert a.energy_at(2, "kfold").min() > 0.98
+
+
+def test_spectrum_only_and_bad_energy_kind(fam):
+    a = analyze(fam, "layers.0", metrics=None)
+    assert a.metrics is None and "metrics" not in a.to_json()
+    with pytest.raises(OptionError, match="not computed"):
+        a.energy_at(1)
+    b = analyze(fam, "layers.0", metrics=MetricsOptions(folds=0, loo="off", null_draws=0))
+    with pytest.raises(OptionError, match="not one of"):
+        b.energy_at(1, "three")
+    with pytest.raises(OptionError, match="not computed"):
+        b.energy_at(1, "kfold")
+
+
+def _lora(n=6, m=12, r=2, k=9, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(torch.from_numpy(rng.standard_normal((m, r))), torch.from_numpy(rng.standard_normal((r, k))), 0.5 + i)
+            for i in range(n)]
+
+
+def test_factor_stream_matches_dense(monkeypatch):
+    factors = _lora()
+    stream = FactorStream((12, 9), len(factors), (2,) * len(factors), lambda: iter(factors))
+    so = SpectralOptions(device="cpu")
+    sp = _spectrum(stream, so, None)
+    dense = [s * (b @ a) for b, a, s in factors]
+    ref = decompose(iter(dense), len(dense), (12, 9), so)
+    np.testing.assert_allclose(sp.eigenvalues, ref.eigenvalues, rtol=1e-9, atol=1e-9 * ref.eigenvalues[0])
+    met = compute_metrics(stream.dense().open, len(factors), (12, 9), sp.basis, so,
+                          MetricsOptions(null_draws=3), null_ranks=stream.ranks)
+    # The null uses rank-2 Gaussian factors: its Marchenko-Pastur q is N * r, not N * n.
+    assert met.mp_edge_evr == pytest.approx((np.sqrt(12) + np.sqrt(12)) ** 2 / (12 * 12))
+    w = dense[0].numpy()
+    u = sp.basis
+    np.testing.assert_allclose(met.energy_one[0], np.cumsum(((u.T @ w) ** 2).sum(axis=1)) / (w**2).sum(), atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["out", "in", "model"])
+@pytest.mark.parametrize("center", ["none", "model"])
+def test_factored_metrics_equal_dense_metrics(mode, center):
+    # Mixed ranks, large enough that every training Gram is full rank (no ambiguous null space).
+    rng = np.random.default_rng(4)
+    factors = [(torch.from_numpy(rng.standard_normal((11, r))), torch.from_numpy(rng.standard_normal((r, 8))), 0.7 + i)
+               for i, r in enumerate([4, 5, 4, 3, 5, 4, 4])]
+    dense = [s * (b @ a) for b, a, s in factors]
+    so = SpectralOptions(mode=mode, center=center, device="cpu")
+    sp = decompose(iter(dense), len(dense), (11, 8), so)
+    mo = MetricsOptions(folds=3, loo="on", null_draws=0, k_angles=2)
+    fm = compute_metrics(lambda: iter(factors), len(factors), (11, 8), sp.basis, so, mo)
+    dm = compute_metrics(lambda: iter(dense), len(dense), (11, 8), sp.basis, so, mo)
+    for name in ("norms2", "energy_one", "energy_two", "coords", "heldout_kfold", "heldout_loo",
+                 "mean_kfold_captured", "mean_loo_error", "kernel", "own_overlap"):
+        a, b = getattr(fm, name), getattr(dm, name)
+        if b is None:
+            assert a is None, name
+            continue
+        np.testing.assert_allclose(a, b, atol=1e-9, rtol=1e-9, err_msg=name)

@@ -1,0 +1,125 @@
+"""Figure builders and the small view helpers, tested without Streamlit on the figure's data."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import explorer
+from explorer.decimate import decimate_curve, decimate_square
+from explorer.embedding import embed, explained_ratio
+from explorer.figures import (accuracy_figure, angle_distribution_figure, coverage_figure, cumulative_overlay_figure,
+                              embedding_figure, layer_heatmap_figure, overlap_heatmap_figure, scree_figure,
+                              universal_overlap_figure)
+from explorer.generalization import coverage_curves
+from explorer.random_reference import random_principal_angles
+from explorer.summary import layer_summary
+from tests.helpers import decode_plotly, trace
+
+
+def data(fig) -> dict:
+    return decode_plotly(fig.to_plotly_json())
+
+
+@pytest.fixture(scope="module")
+def planted_res():
+    return explorer.analyze(explorer.load_family("zoo:planted"), "layers.0")
+
+
+def test_scree_with_null_band(planted_res):
+    m = planted_res.metrics
+    fig = data(scree_figure(planted_res.spectrum, 0.9, null_evr=(m.null_evr_median, m.null_evr_lo, m.null_evr_hi),
+                            mp_edge_evr=m.mp_edge_evr))
+    med = trace(fig, "null median")["y"]
+    np.testing.assert_allclose(med, m.null_evr_median[: len(med)], rtol=1e-12)
+    band = trace(fig, "null 5–95 %")["y"]
+    n = len(med)
+    np.testing.assert_allclose(band[:n], m.null_evr_hi[:n])
+    np.testing.assert_allclose(band[n:], m.null_evr_lo[:n][::-1])
+    # The planted directions stand far above the null; the noise directions do not.
+    assert planted_res.spectrum.evr[3] > 5 * m.null_evr_hi[3]
+    assert planted_res.spectrum.evr[10] < m.null_evr_median[10]
+
+
+def test_cumulative_overlay_and_heatmap():
+    a, b = np.linspace(0.2, 1, 10), np.linspace(0.5, 1, 10)
+    fig = data(cumulative_overlay_figure([("a", a), ("b", b)], 0.9, null=("null", np.linspace(0, 1, 10))))
+    np.testing.assert_allclose(trace(fig, "b")["y"], b)
+    heat = data(layer_heatmap_figure(["a", "b"], np.vstack([a, b]), 0.9))
+    z = heat["data"][0]["z"]
+    np.testing.assert_allclose(np.asarray(z, dtype=float), np.vstack([a, b]))
+    # k(0.9) markers: first index where cumulative >= 0.9, 1-based
+    assert list(heat["data"][1]["x"]) == [int(np.argmax(a >= 0.9)) + 1, int(np.argmax(b >= 0.9)) + 1]
+
+
+def test_overlap_views(planted_res):
+    m = planted_res.metrics
+    fig = data(overlap_heatmap_figure(m.own_overlap, planted_res.models, title="t", expectation=0.1))
+    z = np.asarray(fig["data"][0]["z"], dtype=float)
+    n = len(planted_res.models)
+    assert z.shape == (n, n)
+    np.testing.assert_allclose(z, z.T, atol=1e-12)
+    assert (z >= 0).all() and (z <= 1 + 1e-12).all()
+    ang = data(angle_distribution_figure(m.own_cosines, random_angles=random_principal_angles(64, 8)))
+    x = trace(ang, "all angles")["x"]
+    assert len(x) == m.own_cosines.size and (x >= 0).all() and (x <= 90).all()
+    bars = data(universal_overlap_figure(planted_res.models, m.own_vs_universal, ["g"] * n, expectation=0.1))
+    np.testing.assert_allclose(np.sort(bars["data"][0]["y"])[::-1], np.sort(m.own_vs_universal)[::-1])
+
+
+def test_random_principal_angles_mean_cos2_is_k_over_d():
+    ang = random_principal_angles(40, 5, draws=400, seed=1)
+    # E[sum cos^2]/k = k/d exactly for Haar subspaces; 400 draws give ~1 % standard error.
+    assert np.mean(np.cos(np.radians(ang)) ** 2) == pytest.approx(5 / 40, rel=0.06)
+
+
+def test_pca_embedding_matches_numpy_and_figure_groups():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 6)) * np.array([5, 3, 1, 0.5, 0.2, 0.1])
+    pts = embed(x, "pca", 2)
+    xc = x - x.mean(0)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    np.testing.assert_allclose(np.abs(pts), np.abs(u[:, :2] * s[:2]), rtol=1e-10, atol=1e-10)
+    assert explained_ratio(x, 2).sum() <= 1
+    table = pd.DataFrame({"name": [f"m{i}" for i in range(30)], "group": ["a", "b", "c"] * 10})
+    fig = data(embedding_figure(pts, table, "group"))
+    assert [t["name"] for t in fig["data"]] == ["a", "b", "c"]
+    assert sorted(np.concatenate([t["customdata"] for t in fig["data"]]).tolist()) == list(range(30))
+    fig3 = data(embedding_figure(embed(x, "pca", 3), table, None))
+    assert fig3["data"][0]["type"] == "scatter3d"
+
+
+def test_coverage_curves_and_figure(planted_res):
+    cov = coverage_curves(planted_res)
+    m = planted_res.metrics
+    np.testing.assert_allclose(cov.curves["fitted (in-sample)"], m.energy_one.mean(0))
+    fig = data(coverage_figure(cov.curves, bands=cov.bands, levels=cov.levels))
+    fitted = trace(fig, "fitted (in-sample)")["y"]
+    np.testing.assert_allclose(fitted, m.energy_one.mean(0)[: len(fitted)])
+    k = 4
+    held = [c for c in cov.curves if c.startswith("held-out")]
+    assert held, cov.curves.keys()
+    # planted structure generalizes: held-out models keep most of their energy at the planted k
+    assert cov.curves[held[0]][k - 1] > 0.9
+    assert cov.curves["random subspace"][k - 1] == pytest.approx(k / 64)
+    assert set(cov.table(10).columns) >= {"k", "fitted (in-sample)", "random subspace"}
+
+
+def test_accuracy_figure():
+    fig = data(accuracy_figure(np.array([1, 2, 4]), {"g": np.array([0.2, 0.5, 0.9])}, original={"g": 0.95}, chance=0.1))
+    np.testing.assert_allclose(trace(fig, "g")["y"], [0.2, 0.5, 0.9])
+
+
+def test_layer_summary_row(planted_res):
+    row = layer_summary("layers.0", planted_res)
+    assert row["k@90%"] == 4 and row["top16 / null"] > 1
+
+
+def test_decimation_keeps_shape_and_ends():
+    labels = [str(i) for i in range(500)]
+    mat = np.arange(500 * 500, dtype=float).reshape(500, 500)
+    names, sub = decimate_square(labels, mat, 200)
+    assert sub.shape == (len(names), len(names)) and len(names) <= 200
+    assert names[0] == "0" and names[-1] == "499"
+    idx = decimate_curve(np.arange(1000), 100)
+    assert idx[0] == 0 and idx[-1] == 999 and len(idx) <= 100

@@ -1,0 +1,179 @@
+"""Safe defaults: server mode (allowed roots, no traversal, no Hub downloads), Hub id checks,
+no unsafe unpickling anywhere, and the Streamlit server bound to localhost with an upload cap.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from explorer import security
+from explorer.errors import InputError
+from explorer.sources.resolve import load_family
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"layers.0.weight": torch.randn(4, 3)}, str(path))
+    return path
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """Server mode with one allowed root ``tmp/allowed`` and a family ``fam`` in it; ``tmp/outside`` beside it."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    for i in range(2):
+        _model(allowed / "fam" / f"m{i}.safetensors")
+        _model(outside / "fam" / f"m{i}.safetensors")
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("EXPLORER_SERVER_MODE", "1")
+    monkeypatch.setenv("EXPLORER_ALLOWED_ROOTS", str(allowed))
+    monkeypatch.delenv("EXPLORER_HUB_ALLOW", raising=False)
+    return allowed, outside
+
+
+def test_off_by_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("EXPLORER_SERVER_MODE", raising=False)
+    assert not security.server_mode()
+    assert security.allowed_source_kinds() == ("zoo", "local", "hub", "upload")
+    _model(tmp_path / "f" / "a.safetensors")
+    assert len(load_family(str(tmp_path / "f"))) == 1
+
+
+def test_allowed_root_works(server):
+    allowed, _ = server
+    assert len(load_family(str(allowed / "fam"))) == 2
+    assert len(load_family(str(allowed / "fam" / "m0.safetensors"))) == 1
+
+
+@pytest.mark.parametrize("how", ["outside", "dotdot", "symlink_dir", "symlink_member", "manifest", "base_symlink"])
+def test_escapes_are_refused(server, how):
+    allowed, outside = server
+    if how == "outside":
+        src = str(outside / "fam")
+    elif how == "dotdot":
+        src = str(allowed / "fam" / ".." / ".." / "outside" / "fam")
+    elif how == "symlink_dir":
+        os.symlink(outside / "fam", allowed / "link")
+        src = str(allowed / "link")
+    elif how == "symlink_member":
+        os.symlink(outside / "fam" / "m0.safetensors", allowed / "fam" / "stolen.safetensors")
+        fam = load_family(str(allowed / "fam"))
+        assert "stolen" not in [m.name for m in fam.models]
+        assert any("outside the folders this server allows" in s for s in fam.skipped)
+        return
+    elif how == "manifest":
+        (allowed / "m.yaml").write_text("sources: [../outside/fam]\n")
+        src = str(allowed / "m.yaml")
+    else:
+        os.symlink(outside / "fam" / "m0.safetensors", allowed / "fam" / "base.safetensors")
+        src = str(allowed / "fam")
+    with pytest.raises(InputError, match="outside the folders this server allows"):
+        load_family(src)
+
+
+def test_no_roots_leaves_uploads_and_zoo_only(server, monkeypatch):
+    allowed, _ = server
+    monkeypatch.delenv("EXPLORER_ALLOWED_ROOTS")
+    assert security.allowed_source_kinds() == ("zoo", "hub", "upload")
+    with pytest.raises(InputError, match="outside"):
+        load_family(str(allowed / "fam"))
+    from explorer.sources.upload import family_from_uploads
+
+    data = (allowed / "fam" / "m0.safetensors").read_bytes()
+    fam = family_from_uploads([("a.safetensors", data), ("b.safetensors", data)])
+    assert len(fam) == 2  # uploads live under <cache>/uploads, which server mode allows
+
+
+def test_hub_downloads_refused_in_server_mode(server, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, **kw):
+        calls.append((repo_id, kw.get("local_files_only"), kw.get("dry_run")))
+        if kw.get("dry_run"):
+            raise AssertionError("server mode must not ask the Hub for a listing")
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        raise LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: (_ for _ in ()).throw(AssertionError("listing")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online, so that only server mode keeps it off the Hub
+    with pytest.raises(InputError, match="server mode allows no Hub downloads"):
+        load_family("hf:some-org/some-lora")
+    assert calls and all(local for _, local, _ in calls)  # only ever from the local cache
+    with pytest.raises(InputError, match="no Hub listing|matches no repository"):
+        load_family("hf:some-org/lora-*")
+    # An allow-listed repo may be downloaded (the listing call is made, not refused).
+    monkeypatch.setenv("EXPLORER_HUB_ALLOW", "some-org/*")
+    calls.clear()
+    with pytest.raises((InputError, AssertionError)):
+        load_family("hf:some-org/some-lora")
+    assert calls and calls[0][2] is True
+
+
+@pytest.mark.parametrize("bad", ["hf:../x", "hf:org/..", "hf:org/a--b", "hf:-org/a", "hf:org/a.git", "hf:org/a b",
+                                 "hf:org/" + "a" * 97, "hf:a/b/c", "hf:org/ok@../../etc", "hf:org/ok@a b",
+                                 "hf:org/caf\u00e9"])
+def test_malformed_hub_ids_refused_before_any_call(bad, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("Hub called"))
+    with pytest.raises(InputError, match="not a valid|not ORG/REPO|revision"):
+        load_family(bad)
+
+
+@pytest.mark.parametrize("good", ["org/name", "Org-1/name_2.v3", "a/b"])
+def test_valid_hub_ids_pass(good):
+    security.validate_repo_id(good)
+
+
+def _load_calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("load", "loads"):
+            owner = node.func.value
+            if isinstance(owner, ast.Name):
+                yield owner.id, node
+
+
+def test_no_unpickling_without_weights_only():
+    """Every torch.load in explorer/ (and the app) passes weights_only=True; nothing else unpickles."""
+    files = list((ROOT / "explorer").rglob("*.py")) + [ROOT / "app.py", ROOT / "ui.py"] + list((ROOT / "pages").glob("*.py"))
+    n_torch = 0
+    for f in files:
+        tree = ast.parse(f.read_text(), str(f))
+        for owner, call in _load_calls(tree):
+            if owner == "torch":
+                n_torch += 1
+                kw = {k.arg: k.value for k in call.keywords}
+                assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+                    f"{f}:{call.lineno}: torch.load without weights_only=True"
+            assert owner not in ("pickle", "dill", "joblib", "cloudpickle"), f"{f}:{call.lineno}: {owner}.load"
+        text = f.read_text()
+        assert "allow_pickle=True" not in text and "read_pickle" not in text and "yaml.load(" not in text, f
+    assert n_torch >= 1  # the torch reader is covered by the scan
+
+
+def test_streamlit_binds_localhost_with_upload_cap():
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "127.0.0.1"
+    assert 0 < int(cfg["server"]["maxUploadSize"]) <= 4096
+    assert cfg["browser"]["gatherUsageStats"] is False
+
+
+def test_resolved_paths_cannot_escape_by_prefix(server, tmp_path):
+    """``/x/allowed-evil`` is not inside ``/x/allowed`` even though the string starts the same."""
+    allowed, _ = server
+    _model(tmp_path / "allowed-evil" / "fam" / "m.safetensors")
+    with pytest.raises(InputError, match="outside"):
+        load_family(str(tmp_path / "allowed-evil" / "fam"))
