@@ -18,6 +18,7 @@ import explorer
 from explorer.analysis import analyze_cached, cache_key
 from explorer.cache import ResultCache
 from explorer.catalog import LayerGroup, build_catalog, layer_indices, select_groups
+from explorer import security
 from explorer.errors import ExplorerError
 from explorer.export import basis_safetensors, figure_html, table_csv
 from explorer.metrics import MetricsOptions
@@ -126,6 +127,21 @@ def compute(sel: Selection, layer: str | None = None, quiet: bool = False,
     return res
 
 
+def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explorer.Analysis]:
+    """The start of every view page: set-up, sidebar, heading, then the selection's analysis.
+
+    Stops the page (after an ``st.error`` or an info line) when there is nothing to show.
+    """
+    sel = page_setup(title, icon)
+    st.title(heading)
+    if sel is None:
+        st.stop()
+    res = analysis(sel)
+    if res is None:
+        st.stop()
+    return sel, res
+
+
 def analysis(sel: Selection) -> explorer.Analysis | None:
     """:func:`compute` with errors shown as ``st.error`` (the page then stops drawing)."""
     try:
@@ -213,7 +229,10 @@ def _nav() -> None:
 
 def _pick_source() -> str:
     """Source pickers; returns the SOURCE string ('' when none given yet)."""
-    kind = _widget("kind", st.radio, label="Source", options=list(KINDS), horizontal=True)
+    # Server mode (EXPLORER_SERVER_MODE=1) may turn off local paths outside its roots, Hub downloads, uploads.
+    allowed = security.allowed_source_kinds()
+    kinds = [label for label, kind in zip(KINDS, ("zoo", "local", "hub", "upload")) if kind in allowed]
+    kind = _widget("kind", st.radio, label="Source", options=kinds, horizontal=True)
     if kind == KINDS[0]:
         zoo = _zoo_sources()
         if st.session_state["sel_source"] in zoo:
@@ -226,8 +245,10 @@ def _pick_source() -> str:
                        placeholder="/data/my-loras  or  family.yaml").strip()
     if kind == KINDS[2]:
         return _widget("hub", st.text_input, label="Hub repos", placeholder="hf:org/repo[,org/repo2] or hf:org/prefix*",
-                       help="Downloads only the needed files into the standard Hugging Face cache; "
-                       "with HF_HUB_OFFLINE=1 it works from that cache.").strip()
+                       help=("server mode: only repos already in the local HF cache (or listed in "
+                             "EXPLORER_HUB_ALLOW)" if security.server_mode() else
+                             "Downloads only the needed files into the standard Hugging Face cache; "
+                             "with HF_HUB_OFFLINE=1 it works from that cache.")).strip()
     files = st.file_uploader("Weight files, adapter folders as .zip, metadata.csv", accept_multiple_files=True,
                              key="w_upload")
     if files:

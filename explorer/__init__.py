@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from .analysis import Analysis, analyze, analyze_cached, cache_key  # noqa: E402
 from .catalog import LayerGroup, build_catalog  # noqa: E402
 from .errors import ExplorerError, InputError, OptionError  # noqa: E402
+from .factored import decompose_factored  # noqa: E402
 from .family import Family, ModelRef  # noqa: E402
 from .metrics import Metrics, MetricsOptions  # noqa: E402
 from .sources.manifest import load_manifest, save_manifest  # noqa: E402
@@ -24,6 +25,6 @@ from .views import DenseStream, FactorStream  # noqa: E402
 __all__ = [
     "Analysis", "DenseStream", "ExplorerError", "FactorStream", "Family", "InputError", "LayerGroup", "Metrics",
     "MetricsOptions", "ModelRef", "OptionError", "SpectralOptions", "Spectrum", "analyze", "analyze_cached",
-    "build_catalog", "cache_key", "decompose", "family_from_uploads", "load_family", "load_manifest",
+    "build_catalog", "cache_key", "decompose", "decompose_factored", "family_from_uploads", "load_family", "load_manifest",
     "save_manifest",
 ]

@@ -23,7 +23,7 @@ from .views import VIEWS, stream_for_view  # noqa: F401  (VIEWS re-exported)
 
 # Bump whenever a change to the engine or the metrics changes any stored number: it is part of
 # every cache key, so old entries are simply not found again.
-ENGINE_VERSION = "3"
+ENGINE_VERSION = "4"
 __all__ = ["Analysis", "ENGINE_VERSION", "TAUS", "analyze", "analyze_cached", "cache_key"]
 
 
@@ -89,6 +89,24 @@ class Analysis:
             raise OptionError(f"energy {kind!r} was not computed for this analysis")
         return energy_at(curves, k)
 
+    def _per_model(self) -> list[dict[str, Any]]:
+        """Per model: name, labels, ||W_i||^2 and captured energy at k(0.9) (fitted and held-out)."""
+        m = self.metrics
+        k = min(self.spectrum.k_at(0.9), m.energy_one.shape[1])
+        cols = {"energy_one_sided": m.energy_one, "energy_two_sided": m.energy_two,
+                "heldout_kfold": m.heldout_kfold, "heldout_loo": m.heldout_loo}
+        rows = []
+        for i, name in enumerate(self.models):
+            row: dict[str, Any] = {"name": name, "labels": self.labels[i] if i < len(self.labels) else {},
+                                   "norm2": float(m.norms2[i]), "k": k}
+            for key, a in cols.items():
+                if a is not None:
+                    row[key] = float(a[i, min(k, a.shape[1]) - 1])
+            if m.own_vs_universal is not None:
+                row["overlap_with_universal"] = float(m.own_vs_universal[i])
+            rows.append(row)
+        return rows
+
     def random_subspace(self) -> np.ndarray:
         """k/d for k = 1..d: what a random k-dim subspace captures (and overlaps) in expectation."""
         d = len(self.spectrum.eigenvalues)
@@ -123,14 +141,16 @@ class Analysis:
         if self.metrics is not None:
             out["metrics_options"] = asdict(self.metrics_options) if self.metrics_options else None
             out["metrics"] = self.metrics.summary()
+            out["per_model"] = self._per_model()
         return out
 
 
-def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None) -> Spectrum:
+def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None, row_reader=None) -> Spectrum:
     """The engine call: the factored engine for LoRA dW (a FactorStream), else the dense one.
 
     The stream's ``open`` itself (not one iterator) is handed over, so the engine may take the
-    several passes its randomized path needs.
+    several passes its randomized path needs.  ``row_reader`` lets model mode read row blocks of
+    every file directly instead of re-reading whole models once per block.
     """
     if hasattr(stream, "ranks") and hasattr(stream, "dense"):
         try:
@@ -138,7 +158,7 @@ def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None) -> 
         except ImportError:  # the factored engine is optional: densify one model at a time
             return decompose(stream.dense().open, stream.n_models, stream.shape, options, progress)
         return decompose_factored(stream.open, stream.n_models, stream.shape, options, progress)
-    return decompose(stream.open, stream.n_models, stream.shape, options, progress)
+    return decompose(stream.open, stream.n_models, stream.shape, options, progress, row_reader=row_reader)
 
 
 def _resolve(family: Family, layer: str | LayerGroup, view: str | None) -> tuple[LayerGroup, str]:
@@ -176,9 +196,14 @@ def analyze(
     """
     group, view = _resolve(family, layer, view)
     stream = stream_for_view(family, group, view)
-    if hasattr(stream, "check"):
-        stream.check(options.mode, options.center, f"view {view!r} of {group.name!r}")
-    spectrum = _spectrum(stream, options, progress)
+    # Mixed-rank padding and the memory guard: refuse before any tensor is read.
+    stream.check(options.mode, options.center, f"view {view!r} of {group.name!r}", options=options, metrics=metrics)
+    row_reader = None
+    if options.mode == "model" and view in ("full", "delta"):
+        from .model_gram import family_row_reader
+
+        row_reader = family_row_reader(family, group.tensor, base=family.base if view == "delta" else None)
+    spectrum = _spectrum(stream, options, progress, row_reader)
     labels = [m.label_dict for m in family.models]
     result = None
     if metrics is not None:

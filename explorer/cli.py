@@ -70,6 +70,9 @@ def _decomposition_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--k", type=int, default=16, help="components to report (default 16)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     a.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    a.add_argument("--method", default="auto", choices=["auto", "exact", "randomized"],
+                   help="eigen-solver: exact, or randomized subspace iteration (auto: randomized above d = 16384)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the randomized solver and of the null draws")
 
 
 def _family_args(p: argparse.ArgumentParser) -> None:
@@ -137,19 +140,22 @@ def _options(args):
 
     if args.k < 1:
         raise OptionError(f"--k must be >= 1, got {args.k}")
-    return SpectralOptions(mode=args.mode, center=args.center, dtype=args.dtype, device=args.device)
+    return SpectralOptions(mode=args.mode, center=args.center, dtype=args.dtype, device=args.device,
+                           method=args.method, seed=args.seed)
 
 
 def _run(args, fam, layer: str, progress):
     """One analysis through the disk cache (unless --no-cache), sharing the app's pipeline."""
     from .analysis import analyze, analyze_cached
     from .cache import ResultCache
+    from .metrics import MetricsOptions
 
     opts = _options(args)
+    metrics = MetricsOptions(seed=args.seed)
     if args.no_cache:
-        return analyze(fam, layer, view=args.view, options=opts, progress=progress)
+        return analyze(fam, layer, view=args.view, options=opts, progress=progress, metrics=metrics)
     cache = ResultCache(args.cache_dir) if args.cache_dir else None
-    return analyze_cached(fam, layer, args.view, opts, progress=progress, cache=cache)
+    return analyze_cached(fam, layer, args.view, opts, metrics, progress=progress, cache=cache)
 
 
 def _cmd_analyze(args, progress) -> int:

@@ -139,19 +139,16 @@ def family_row_reader(family, tensor: str, base=None) -> RowReader:
     """
     from safetensors import safe_open
 
-    from .sources import readers
-
-    def locate(model) -> str:
-        for path in model.files:
-            if tensor in readers.read_header(path):
-                return path
-        raise InputError(f"model {model.name!r}: tensor {tensor!r} is missing")
-
     def rows_of(model, r0: int, r1: int) -> torch.Tensor:
-        path = locate(model)
-        if path.lower().endswith(".safetensors"):
+        # family.locate maps canonical names (PEFT prefixes stripped) to the stored name and file;
+        # the base model is not indexed with the members, so it is read whole (once per block).
+        try:
+            path, stored = family.locate(model, tensor)
+        except (KeyError, InputError):
+            path, stored = None, None
+        if path is not None and path.lower().endswith(".safetensors"):
             with safe_open(path, framework="pt") as f:
-                t = f.get_slice(tensor)[r0:r1]
+                t = f.get_slice(stored)[r0:r1]
         else:
             t = family.tensor(model, tensor)[r0:r1]
         if t.dim() != 2:

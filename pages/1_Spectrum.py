@@ -8,13 +8,7 @@ from explorer.errors import ExplorerError
 from explorer.figures import cumulative_overlay_figure, layer_heatmap_figure, scree_figure
 from explorer.summary import layer_summary
 
-sel = ui.page_setup("Spectrum", "📉")
-st.title("Spectrum")
-if sel is None:
-    st.stop()
-res = ui.analysis(sel)
-if res is None:
-    st.stop()
+sel, res = ui.page_analysis("Spectrum", "📉", "Spectrum")
 sp, m = res.spectrum, res.metrics
 left, right = st.columns([3, 1])
 with right:

@@ -12,13 +12,7 @@ from explorer.errors import ExplorerError
 from explorer.figures import angle_distribution_figure, overlap_heatmap_figure, universal_overlap_figure
 from explorer.random_reference import random_principal_angles
 
-sel = ui.page_setup("Overlap", "🔀")
-st.title("Subspace overlap")
-if sel is None:
-    st.stop()
-res = ui.analysis(sel)
-if res is None:
-    st.stop()
+sel, res = ui.page_analysis("Overlap", "🔀", "Subspace overlap")
 m = res.metrics
 if m is None or m.own_overlap is None:
     st.info("Overlaps compare each model's own top-k subspace in the output (out-mode) or input (in-mode) "

@@ -17,13 +17,7 @@ def cached_embedding(key: str, method: str, dims: int, _x: np.ndarray) -> np.nda
     return embed(_x, method, dims)
 
 
-sel = ui.page_setup("Embedding", "🫧")
-st.title("Models in the shared basis")
-if sel is None:
-    st.stop()
-res = ui.analysis(sel)
-if res is None:
-    st.stop()
+sel, res = ui.page_analysis("Embedding", "🫧", "Models in the shared basis")
 m = res.metrics
 features = None
 if m is not None:

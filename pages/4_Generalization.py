@@ -7,13 +7,7 @@ import ui
 from explorer.figures import accuracy_figure, coverage_figure
 from explorer.generalization import coverage_curves
 
-sel = ui.page_setup("Generalization", "🎯")
-st.title("Generalization")
-if sel is None:
-    st.stop()
-res = ui.analysis(sel)
-if res is None:
-    st.stop()
+sel, res = ui.page_analysis("Generalization", "🎯", "Generalization")
 m = res.metrics
 if m is None:
     st.info("No metrics were computed for this analysis.")

@@ -80,6 +80,8 @@ def test_analyze_out_and_cache_dir(tmp_path):
         assert (out / name).stat().st_size > 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["cache_key"] and "null_cumulative_median" in res["metrics"]
+    assert [r["name"] for r in res["per_model"]] == res["models"]
+    assert all(0 <= r["energy_one_sided"] <= 1 + 1e-12 and r["k"] == res["k_at"]["0.9"] for r in res["per_model"])
     from safetensors.numpy import load_file
 
     t = load_file(str(out / "basis.safetensors"))
