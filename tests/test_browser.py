@@ -10,6 +10,7 @@ from tests.conftest import screenshot, screenshot_dir
 pytestmark = pytest.mark.browser
 PLOT = ".js-plotly-plot .main-svg"
 Q = "source=zoo:planted&layer=layers.0"
+DIGITS = "source=zoo:digits-mlp-finetune&layer=layers.1"
 # Drawn traces: bar paths, scatter traces, heatmap images, WebGL canvases (scattergl / 3-D).
 TRACES = ", ".join(f".js-plotly-plot {s}" for s in (".bars path", ".scatterlayer .trace", ".heatmaplayer image",
                                                      ".gl-container canvas"))
@@ -58,16 +59,16 @@ def test_home_tour_draws_every_step(streamlit_server, page):
 
 
 def test_spectrum_redraws_on_mode_change(streamlit_server, page):
-    open_page(page, streamlit_server, "Spectrum")
-    wait_title(page, "layers.0 · full · out-mode")
+    open_page(page, streamlit_server, "Spectrum", DIGITS)
+    wait_title(page, "layers.1 · full · out-mode")
     page.get_by_role("radiogroup").get_by_text("in — input space (rows)").click()
-    wait_title(page, "layers.0 · full · in-mode")
+    wait_title(page, "layers.1 · full · in-mode")
     assert page.locator(f"{PLOT}").count() >= 3  # scree, overlay, heatmap
     screenshot(page, "page-spectrum")
 
 
 def test_overlap_redraws_on_tab_and_colour(streamlit_server, page):
-    open_page(page, streamlit_server, "Overlap")
+    open_page(page, streamlit_server, "Overlap", DIGITS)
     wait_title(page, "Model × model overlap")
     page.get_by_role("tab", name="Groups").click()
     wait_title(page, "Group × group overlap")
@@ -88,13 +89,14 @@ def test_embedding_redraws_on_dimension_change(streamlit_server, page):
 
 
 def test_generalization_redraws_on_layer_change(streamlit_server, page):
-    open_page(page, streamlit_server, "Generalization")
-    wait_title(page, "layers.0: energy of models")
+    open_page(page, streamlit_server, "Generalization", DIGITS)
+    wait_title(page, "layers.1: energy of models")
+    wait_title(page, "Accuracy of models projected")
+    screenshot(page, "page-generalization")
     box = page.locator('[data-testid="stSelectbox"]').filter(has_text=re.compile(r"^Layer$"))
     box.get_by_role("combobox").click()
-    page.get_by_role("option", name="layers.2 (32×48)").click()
-    wait_title(page, "layers.2: energy of models")
-    screenshot(page, "page-generalization")
+    page.get_by_role("option", name="layers.0 (128×64)").click()
+    wait_title(page, "layers.0: energy of models")
 
 
 def test_report_html_draws_offline(browser, tmp_path):
