@@ -10,7 +10,7 @@ Models are read one at a time; only the Gram, a few running sums and a small buf
 so memory is O(d^2 + one model) for d = m or n, independent of N.  Three refinements:
 
 * when the unfolding is thinner than the Gram (N*n < m in out-mode), the unfolding itself is
-  the smaller object, so it is held and decomposed by a thin SVD instead;
+  the smaller object, so it is held and its small-side Gram x^T x (N*width square) is decomposed;
 * model mode streams row-blocks of every model (:mod:`explorer.model_gram`) so that the
   N x mn stack is never held for large m*n;
 * for d > 16384 the randomized path (:mod:`explorer.randomized`) applies the Gram as an
@@ -182,6 +182,10 @@ def sign_fix(vecs: torch.Tensor) -> torch.Tensor:
 _sign_fix = sign_fix  # older private name, kept for callers that imported it
 
 
+# Below this side a full eigh is fast enough that the two-call partial path does not pay.
+_PARTIAL_EIGH_MIN = 1024
+
+
 def eigh_desc(gram: torch.Tensor, k_store: int) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decompose a symmetric PSD Gram; return descending eigenvalues and top-k vectors.
 
@@ -197,9 +201,21 @@ def eigh_desc(gram: torch.Tensor, k_store: int) -> tuple[np.ndarray, np.ndarray]
     basis : ndarray, shape (d, min(k_store, d))
     """
     gram = 0.5 * (gram + gram.T)  # symmetrise away accumulation rounding
+    d = gram.shape[0]
+    k = min(k_store, d)
+    if gram.device.type == "cpu" and d >= _PARTIAL_EIGH_MIN and 0 < k <= d // 4:
+        # A full eigh spends most of its time on the d eigenvectors, of which only k are kept:
+        # all eigenvalues (one tridiagonalisation) plus the top-k vectors (LAPACK syevr on an
+        # index subset) is ~1.5x faster at d = 4096 and agrees with eigh to round-off.
+        import scipy.linalg
+
+        vals = torch.flip(torch.linalg.eigvalsh(gram), dims=[0]).clamp_min(0)
+        _, top = scipy.linalg.eigh(gram.double().numpy(), subset_by_index=[d - k, d - 1], driver="evr",
+                                   check_finite=False)
+        vecs = sign_fix(torch.flip(torch.from_numpy(np.ascontiguousarray(top)), dims=[1]))
+        return vals.double().numpy(), vecs.double().numpy()
     vals, vecs = torch.linalg.eigh(gram)
     vals = torch.flip(vals, dims=[0]).clamp_min(0)
-    k = min(k_store, vecs.shape[1])
     vecs = sign_fix(torch.flip(vecs[:, -k:] if k else vecs[:, :0], dims=[1]))
     return vals.cpu().double().numpy(), vecs.cpu().double().numpy()
 
@@ -336,10 +352,10 @@ def decompose(
 
 
 def _thin(matrices, n_models, shape, options, dtype, device, progress) -> Spectrum:
-    """The unfolding (d x N*width) is smaller than its d x d Gram: hold it, thin-SVD it.
+    """The unfolding x (d x N*width) is smaller than its d x d Gram: hold it, use x^T x instead.
 
-    The SVD of the unfolding is also more accurate than eigh of its Gram for small singular
-    values.  Eigenvalues beyond the unfolding's N*width columns are exactly zero.
+    Same non-zero eigenvalues; left vectors U_k = x Q_k / sigma_k.  Eigenvalues beyond the
+    unfolding's N*width columns are exactly zero.
     """
     m, n = shape
     out = options.mode == "out"
@@ -360,9 +376,23 @@ def _thin(matrices, n_models, shape, options, dtype, device, progress) -> Spectr
     x = torch.cat(blocks, dim=1)  # (d, N * width)
     if options.center == "vector":
         x = x - x.mean(dim=1, keepdim=True)
-    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    # The Gram of the unfolding's smaller side, x^T x (w x w, w = N * width < d), has the same
+    # non-zero eigenvalues; U_k = x Q_k / sigma_k recovers the left vectors.  This is one matmul
+    # and a small eigh instead of a d x w SVD (its relative accuracy on eigenvalue j is
+    # ~eps * lambda_1 / lambda_j, well inside 1e-10 of the largest, as everywhere in the engine).
+    w_vals, q = eigh_desc(x.T @ x, options.k_store)
     vals = torch.zeros(d, dtype=torch.float64)
-    vals[: s.shape[0]] = (s.double() ** 2).cpu()
-    k = min(options.k_store, u.shape[1])
-    basis = sign_fix(u[:, :k]).cpu().double().numpy()
+    vals[: w_vals.shape[0]] = torch.from_numpy(w_vals)
+    k = min(options.k_store, q.shape[1], d)
+    lam = torch.from_numpy(w_vals[:k]).to(x.dtype)
+    keep = lam > lam[0] * torch.finfo(x.dtype).eps * x.shape[1] if k else lam > 0
+    u = (x @ torch.from_numpy(q[:, :k]).to(x)) / torch.sqrt(lam.clamp_min(torch.finfo(x.dtype).tiny))
+    if not bool(keep.all()):
+        # Columns of numerically zero eigenvalues carry no direction: any orthonormal completion
+        # is as valid, so fill them with seeded noise before re-orthonormalising.
+        gen = torch.Generator().manual_seed(options.seed)
+        noise = torch.randn(u.shape, generator=gen, dtype=u.dtype).to(u.device)
+        u = torch.where(keep, u, noise)
+    u = torch.linalg.qr(u)[0]  # Gram-Schmidt order: column j keeps the span of the first j
+    basis = sign_fix(u).cpu().double().numpy()
     return Spectrum(vals.numpy(), basis, options.mode, options.center, n_models, shape, method="thin")

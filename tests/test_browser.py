@@ -122,3 +122,21 @@ def test_report_html_draws_offline(browser, tmp_path):
     assert not errors
     screenshot(pg, "report")
     context.close()
+
+
+def test_embedding_lasso_selection_shows_table_and_curves(streamlit_server, page):
+    open_page(page, streamlit_server, "Embedding", Q)
+    wait_title(page, "PCA of shared-basis coordinates")
+    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    box = plot.bounding_box()
+    assert box is not None
+    # Lasso (the figure's drag mode) around the whole plot area: every point is selected.
+    x0, y0, x1, y1 = box["x"] + 2, box["y"] + 2, box["x"] + box["width"] - 2, box["y"] + box["height"] - 2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 1)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    page.get_by_text("24 selected models").wait_for(timeout=60_000)
+    wait_title(page, "Captured energy of the selected models vs the rest")
+    screenshot(page, "embedding-selection")
