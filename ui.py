@@ -72,9 +72,6 @@ class Selection:
         """k sets the size of each model's own subspace (overlaps) and of its coordinate block."""
         return MetricsOptions(k_coord=self.k, k_angles=self.k)
 
-    def with_(self, **kw) -> "Selection":
-        return Selection(**{**self.__dict__, **kw})
-
 
 # ----------------------------------------------------------------------------- cached loaders
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -94,8 +91,8 @@ def _memory() -> OrderedDict:
     return OrderedDict()
 
 
-def compute(sel: Selection, layer: str | None = None, quiet: bool = False,
-            metrics: MetricsOptions | None = None, source: str | None = None) -> explorer.Analysis:
+def compute(sel: Selection, layer: str | None = None, metrics: MetricsOptions | None = None,
+            source: str | None = None) -> explorer.Analysis:
     """The analysis of ``sel`` (or of another ``layer`` with the same options).
 
     Looks in memory, then in the disk cache (shared with the CLI and other sessions), and
@@ -110,7 +107,7 @@ def compute(sel: Selection, layer: str | None = None, quiet: bool = False,
     if key in mem:
         mem.move_to_end(key)
         return mem[key]
-    if ResultCache().path(key).exists() or quiet:
+    if ResultCache().path(key).exists():
         res = analyze_cached(fam, layer, view, sel.options, metrics)
     else:
         with st.status(f"Decomposing {layer} ({sel.mode}-mode)…", expanded=True) as status:

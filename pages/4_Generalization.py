@@ -1,6 +1,5 @@
 """Generalization: is the subspace universal, or just fitted? Held-out coverage and projected accuracy."""
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 import ui
