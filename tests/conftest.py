@@ -153,3 +153,16 @@ def screenshot(pg, name: str) -> Path:
 def pytest_collection_modifyitems(config, items):
     """Run browser tests last, so the live server and Chromium are not held through the suite."""
     items.sort(key=lambda it: it.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture(scope="session")
+def umap_points():
+    """UMAP of the planted family's shared-basis coordinates, computed once per test session.
+
+    UMAP pays ~15 s of numba compilation in every new process, so every UMAP test shares this.
+    """
+    import explorer
+    from explorer.embedding import embed
+
+    res = explorer.analyze_cached("zoo:planted", "layers.0")
+    return res, embed(res.metrics.coords, "umap", 2, seed=0)

@@ -123,3 +123,28 @@ def test_decimation_keeps_shape_and_ends():
     assert names[0] == "0" and names[-1] == "499"
     idx = decimate_curve(np.arange(1000), 100)
     assert idx[0] == 0 and idx[-1] == 999 and len(idx) <= 100
+
+
+def test_umap_embedding_is_seeded_and_groups_planted_models(umap_points):
+    res, pts = umap_points
+    assert pts.shape == (len(res.models), 2) and np.isfinite(pts).all()
+    again = embed(res.metrics.coords, "umap", 2, seed=0)  # numba is compiled by now: cheap
+    np.testing.assert_allclose(again, pts, atol=1e-6)
+    table = pd.DataFrame([{"name": n, **lab} for n, lab in zip(res.models, res.labels)])
+    fig = data(embedding_figure(pts, table, "group"))
+    assert sorted(t["name"] for t in fig["data"]) == ["alpha", "beta"]
+
+
+def test_tsne_embedding_shape_and_bad_options():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 5))
+    pts = embed(x, "tsne", 3, seed=1)
+    assert pts.shape == (20, 3) and np.isfinite(pts).all()
+    from explorer.errors import OptionError
+
+    with pytest.raises(OptionError, match="method"):
+        embed(x, "isomap")
+    with pytest.raises(OptionError, match="dims"):
+        embed(x, "pca", 4)
+    with pytest.raises(OptionError, match="at least 3 models"):
+        embed(x[:2], "pca")
