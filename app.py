@@ -39,6 +39,13 @@ except ExplorerError as exc:
 m = main.metrics
 table = ui.metadata_table(main)
 figs = {}
+
+
+def show(name: str, key: str, fig) -> None:
+    """Draw one tour figure and keep it for the export bar."""
+    figs[name] = fig
+    st.plotly_chart(fig, key=key)
+
 steps = st.tabs(["1 · A model family", "2 · The scree curve", "3 · Against null families",
                  "4 · Held-out models", "5 · Accuracy after projection"])
 with steps[0]:
@@ -48,18 +55,16 @@ with steps[0]:
         f"of `{TOUR_LAYER}`; colour shows its task group."
     )
     pts = embed(m.coords, "pca", 2)
-    figs["family"] = embedding_figure(pts, table, "task_group" if "task_group" in table else None,
-                                      title="Fine-tunes, placed by their shared-basis coordinates")
-    st.plotly_chart(figs["family"], key="tour_family")
+    show("family", "tour_family", embedding_figure(pts, table, "task_group" if "task_group" in table else None,
+                                      title="Fine-tunes, placed by their shared-basis coordinates"))
 with steps[1]:
     st.markdown(
         "Stack the family's matrices and decompose them jointly: each bar is the share of all the weight energy "
         "along one shared direction. A steep drop means a few shared directions carry most of every model."
     )
-    figs["scree"] = scree_figure(main.spectrum, tour_sel(TOUR_FAMILY).tau, max_components=40,
+    show("scree", "tour_scree", scree_figure(main.spectrum, tour_sel(TOUR_FAMILY).tau, max_components=40,
                                  null_evr=(m.null_evr_median, m.null_evr_lo, m.null_evr_hi), mp_edge_evr=m.mp_edge_evr,
-                                 title=f"Fine-tunes · {TOUR_LAYER}: scree against the Gaussian null")
-    st.plotly_chart(figs["scree"], key="tour_scree")
+                                 title=f"Fine-tunes · {TOUR_LAYER}: scree against the Gaussian null"))
 with steps[2]:
     st.markdown(
         "A steep curve alone proves little: fine-tunes share their base, and random matrices have spectra too. "
@@ -70,10 +75,9 @@ with steps[2]:
     except ExplorerError as exc:
         st.error(str(exc))
         curves = []
-    figs["families"] = cumulative_overlay_figure(curves, tour_sel(TOUR_FAMILY).tau, max_components=64,
+    show("families", "tour_null", cumulative_overlay_figure(curves, tour_sel(TOUR_FAMILY).tau, max_components=64,
                                                  null=("Gaussian null (median)", m.null_cum_median),
-                                                 title=f"{TOUR_LAYER}: cumulative EVR by family")
-    st.plotly_chart(figs["families"], key="tour_null")
+                                                 title=f"{TOUR_LAYER}: cumulative EVR by family"))
 with steps[3]:
     st.markdown(
         "A subspace fitted on some models should also hold models it never saw. Held-out curves fit the basis "
@@ -81,9 +85,8 @@ with steps[3]:
         "for fine-tunes it is high, because most of every model is the shared base (the critics' point)."
     )
     cov = coverage_curves(main)
-    figs["held-out"] = coverage_figure(cov.curves, bands=cov.bands, levels=cov.levels, max_k=64,
-                                       title="Captured energy of held-out fine-tunes")
-    st.plotly_chart(figs["held-out"], key="tour_heldout")
+    show("held-out", "tour_heldout", coverage_figure(cov.curves, bands=cov.bands, levels=cov.levels, max_k=64,
+                                       title="Captured energy of held-out fine-tunes"))
 with steps[4]:
     st.markdown(
         "The paper's central test: replace a layer by its projection onto k shared directions and measure "
@@ -94,8 +97,7 @@ with steps[4]:
 
     ks = (1, 2, 4, 8, 16, 32, 64)
     acc = accuracy_against_k(main, ks)
-    figs["accuracy"] = accuracy_figure(np.array(ks), acc.by_group, original=acc.original_by_group, chance=acc.chance,
-                                       title=f"Fine-tunes: accuracy with {TOUR_LAYER} projected onto k components")
-    st.plotly_chart(figs["accuracy"], key="tour_accuracy")
+    show("accuracy", "tour_accuracy", accuracy_figure(np.array(ks), acc.by_group, original=acc.original_by_group, chance=acc.chance,
+                                       title=f"Fine-tunes: accuracy with {TOUR_LAYER} projected onto k components"))
 ui.export_bar("tour", figs, {"fine-tunes": table}, main)
 st.caption("Next: open **Spectrum**, **Overlap**, **Embedding** or **Generalization** in the sidebar for any family.")

@@ -26,10 +26,10 @@ from typing import Callable, Iterable, Iterator, Union
 import numpy as np
 import torch
 
-from .backend import as_compute, pick_device, pick_dtype
+from .backend import as_compute
 from .errors import InputError
 from .gram import StackedGram
-from .spectral import ProgressFn, SpectralOptions, Spectrum, _use_randomized, eigh_desc, sign_fix
+from .spectral import ProgressFn, SpectralOptions, Spectrum, _use_randomized, eigh_desc, prepare, sign_fix
 
 Factor = tuple[torch.Tensor, torch.Tensor, float]
 FactorSource = Union[Iterable[Factor], Callable[[], Iterator[Factor]]]
@@ -112,12 +112,8 @@ def decompose_factored(
     Spectrum
         Same conventions as :func:`explorer.spectral.decompose` on the dense updates.
     """
-    m, n = (int(x) for x in shape)
-    shape = (m, n)
-    if n_models < 1:
-        raise InputError("the layer group has no adapters to decompose")
-    device = pick_device(options.device)
-    dtype = pick_dtype(options.dtype, device)
+    shape, device, dtype = prepare(shape, n_models, options, "adapters")
+    m, n = shape
     if options.mode == "model":
         return _model_mode(factors, n_models, shape, options, dtype, device, progress)
     out = options.mode == "out"

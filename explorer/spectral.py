@@ -283,6 +283,19 @@ def _use_randomized(options: SpectralOptions, d: int) -> bool:
     return options.method == "auto" and d > RANDOMIZED_THRESHOLD
 
 
+def prepare(shape, n_models: int, options: SpectralOptions, what: str
+            ) -> tuple[tuple[int, int], torch.device, torch.dtype]:
+    """Checks and policy every engine entry shares: integer (m, n), N >= 1, device and dtype.
+
+    ``what`` names the members in the error (``models``, ``adapters``).
+    """
+    m, n = (int(x) for x in shape)
+    if n_models < 1:
+        raise InputError(f"the layer group has no {what} to decompose")
+    device = pick_device(options.device)
+    return (m, n), device, pick_dtype(options.dtype, device)
+
+
 def decompose(
     matrices: MatrixSource,
     n_models: int,
@@ -314,12 +327,8 @@ def decompose(
     -------
     Spectrum
     """
-    m, n = (int(s) for s in shape)
-    shape = (m, n)
-    if n_models < 1:
-        raise InputError("the layer group has no models to decompose")
-    device = pick_device(options.device)
-    dtype = pick_dtype(options.dtype, device)
+    shape, device, dtype = prepare(shape, n_models, options, "models")
+    m, n = shape
     if options.mode == "model":
         from .model_gram import model_gram
 
