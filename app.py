@@ -3,10 +3,15 @@ import numpy as np
 import streamlit as st
 
 import ui
-from explorer.embedding import embed
-from explorer.errors import ExplorerError
-from explorer.figures import coverage_figure, cumulative_overlay_figure, embedding_figure, scree_figure
-from explorer.generalization import coverage_curves
+from explorer.core.errors import ExplorerError
+from explorer.figures import (
+    coverage_figure,
+    cumulative_overlay_figure,
+    embedding_figure,
+    scree_figure,
+)
+from explorer.present.curves import coverage_curves
+from explorer.present.embedding import embed
 
 TOUR_FAMILY, TOUR_LAYER = "zoo:digits-mlp-finetune", "layers.1"
 CONTRASTS = (("fine-tunes of one base", "zoo:digits-mlp-finetune"), ("trained from scratch", "zoo:digits-mlp-scratch"),
@@ -92,8 +97,8 @@ with steps[4]:
         "The paper's central test: replace a layer by its projection onto k shared directions and measure "
         "accuracy. If a few components keep each task's accuracy, the shared subspace is functionally real."
     )
-    from explorer.projection import accuracy_against_k
     from explorer.figures import accuracy_figure
+    from explorer.present.projection import accuracy_against_k
 
     ks = (1, 2, 4, 8, 16, 32, 64)
     acc = accuracy_against_k(main, ks)

@@ -15,15 +15,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import explorer
-from explorer.analysis import analyze_cached, cache_key
-from explorer.cache import ResultCache
-from explorer.catalog import LayerGroup, build_catalog, layer_indices, select_groups
-from explorer import security
-from explorer.errors import ExplorerError
-from explorer.export import basis_safetensors, figure_html, table_csv
-from explorer.metrics import MetricsOptions
-from explorer.spectral import CENTERS, MODES, SpectralOptions
-from explorer.views import views_for
+from explorer.catalog.groups import (
+    LayerGroup,
+    build_catalog,
+    layer_indices,
+    select_groups,
+)
+from explorer.catalog.views import views_for
+from explorer.core.errors import ExplorerError
+from explorer.engine.options import CENTERS, MODES, SpectralOptions
+from explorer.metrics.results import MetricsOptions
+from explorer.outputs.export import basis_safetensors, figure_html, table_csv
+from explorer.pipeline.analyze import analyze_cached, cache_key
+from explorer.pipeline.cache import ResultCache
+from explorer.sources import policy as security
 from explorer.zoo import registry
 
 DEFAULTS: dict[str, str] = {

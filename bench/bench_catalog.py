@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from explorer.catalog import build_catalog  # noqa: E402
+from explorer.catalog.groups import build_catalog  # noqa: E402
 from explorer.sources import readers  # noqa: E402
 from explorer.sources.resolve import load_family  # noqa: E402
 

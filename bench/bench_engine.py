@@ -161,8 +161,10 @@ def _rss_kb() -> int:
 def worker(case: dict) -> dict:
     import torch
 
-    from explorer.factored import decompose_factored
-    from explorer.spectral import GramAccumulator, SpectralOptions, StackedGram, decompose
+    from explorer.engine.dense import GramAccumulator, decompose
+    from explorer.engine.factored import decompose_factored
+    from explorer.engine.gram import StackedGram
+    from explorer.engine.options import SpectralOptions
 
     p, name, method = case["params"], case["family"], case["method"]
     torch.linalg.eigh(torch.eye(8, dtype=torch.float64))  # load LAPACK before the baseline RSS
@@ -214,7 +216,7 @@ def worker(case: dict) -> dict:
             acc.flush()
             d = shape[0]
         elif mode == "model":
-            from explorer.model_gram import model_gram
+            from explorer.engine.model_gram import model_gram
 
             model_gram(opener, n, shape, torch.float64, torch.device("cpu"), row_reader=rows)
             d, cols = n, shape[0] * shape[1]

@@ -11,7 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import ExplorerError
+from explorer.core.errors import ExplorerError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +86,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_zoo(args, progress) -> int:
-    from .zoo import registry
+    from explorer.zoo import registry
 
     if args.zoo_command == "list":
         for r in registry.list_recipes():
@@ -109,7 +109,7 @@ def _cmd_zoo(args, progress) -> int:
 
 
 def _cmd_inspect(args, progress) -> int:
-    from .catalog import build_catalog, describe_family
+    from explorer.catalog.groups import build_catalog, describe_family
 
     fam = _load(args, progress)
     if args.json:
@@ -128,15 +128,15 @@ def _cmd_inspect(args, progress) -> int:
 
 
 def _load(args, progress):
-    from .sources.resolve import load_family
+    from explorer.sources.resolve import load_family
 
     return load_family(args.source, progress=progress, base=getattr(args, "base", None),
                        name_regex=getattr(args, "name_regex", None))
 
 
 def _options(args):
-    from .errors import OptionError
-    from .spectral import SpectralOptions
+    from explorer.core.errors import OptionError
+    from explorer.engine.options import SpectralOptions
 
     if args.k < 1:
         raise OptionError(f"--k must be >= 1, got {args.k}")
@@ -146,9 +146,9 @@ def _options(args):
 
 def _run(args, fam, layer: str, progress):
     """One analysis through the disk cache (unless --no-cache), sharing the app's pipeline."""
-    from .analysis import analyze, analyze_cached
-    from .cache import ResultCache
-    from .metrics import MetricsOptions
+    from explorer.metrics.results import MetricsOptions
+    from explorer.pipeline.analyze import analyze, analyze_cached
+    from explorer.pipeline.cache import ResultCache
 
     opts = _options(args)
     metrics = MetricsOptions(seed=args.seed)
@@ -164,9 +164,9 @@ def _cmd_analyze(args, progress) -> int:
     if args.json_file:
         _atomic_write(Path(args.json_file), json.dumps(res.to_json(), indent=2).encode())
     if args.out:
-        from .report import models_table, spectrum_table
-        from .export import basis_safetensors
-        from .generalization import coverage_curves
+        from explorer.outputs.export import basis_safetensors
+        from explorer.outputs.report import models_table, spectrum_table
+        from explorer.present.curves import coverage_curves
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -191,9 +191,9 @@ def _cmd_analyze(args, progress) -> int:
 
 
 def _cmd_report(args, progress) -> int:
-    from .catalog import build_catalog, select_groups
-    from .errors import OptionError
-    from .report import write_report
+    from explorer.catalog.groups import build_catalog, select_groups
+    from explorer.core.errors import OptionError
+    from explorer.outputs.report import write_report
 
     fam = _load(args, progress)
     cat = [g for g in build_catalog(fam) if g.n_models == len(fam)]
@@ -214,7 +214,7 @@ def _atomic_write(path: Path, blob: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
-    from .progress import CliProgress
+    from explorer.core.progress import CliProgress
 
     args = _parser().parse_args(argv)
     progress = CliProgress(quiet=args.quiet)

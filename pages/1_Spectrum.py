@@ -4,9 +4,13 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from explorer.errors import ExplorerError
-from explorer.figures import cumulative_overlay_figure, layer_heatmap_figure, scree_figure
-from explorer.summary import layer_summary
+from explorer.core.errors import ExplorerError
+from explorer.figures import (
+    cumulative_overlay_figure,
+    layer_heatmap_figure,
+    scree_figure,
+)
+from explorer.present.tables import layer_summary
 
 sel, res = ui.page_analysis("Spectrum", "📉", "Spectrum")
 sp, m = res.spectrum, res.metrics

@@ -6,11 +6,15 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from explorer.angles import layer_overlap
-from explorer.decimate import decimate_square
-from explorer.errors import ExplorerError
-from explorer.figures import angle_distribution_figure, overlap_heatmap_figure, universal_overlap_figure
-from explorer.random_reference import random_principal_angles
+from explorer.core.errors import ExplorerError
+from explorer.figures import (
+    angle_distribution_figure,
+    overlap_heatmap_figure,
+    universal_overlap_figure,
+)
+from explorer.metrics.angles import layer_overlap
+from explorer.metrics.random_reference import random_principal_angles
+from explorer.present.decimate import decimate_square
 
 sel, res = ui.page_analysis("Overlap", "🔀", "Subspace overlap")
 m = res.metrics

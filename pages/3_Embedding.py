@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from explorer.embedding import METHODS, embed, explained_ratio
-from explorer.errors import ExplorerError
+from explorer.core.errors import ExplorerError
 from explorer.figures import coverage_figure, embedding_figure
+from explorer.present.embedding import METHODS, embed, explained_ratio
 
 METHOD_LABELS = {"pca": "PCA (instant)", "umap": "UMAP (first use compiles, ~15 s)", "tsne": "t-SNE"}
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from explorer.figures import accuracy_figure, coverage_figure
-from explorer.generalization import coverage_curves
+from explorer.present.curves import coverage_curves
 
 sel, res = ui.page_analysis("Generalization", "🎯", "Generalization")
 m = res.metrics
@@ -26,7 +26,7 @@ st.markdown(
 figs = {"coverage": fig}
 tables = {"coverage": cov.table(int(max_k))}
 
-from explorer.projection import accuracy_against_k, supports  # noqa: E402  (zoo families only)
+from explorer.present.projection import accuracy_against_k, supports  # noqa: E402  (zoo families only)
 
 if supports(res):
     st.subheader("Accuracy after projection")

@@ -1,6 +1,6 @@
 """Child-process bodies for tests/test_cache_crash.py (started with the "spawn" context).
 
-They import :mod:`explorer.cache` alone, without the package ``__init__`` (which imports torch),
+They import :mod:`explorer.pipeline.cache` alone, without the package ``__init__`` (which imports torch),
 so each of the many children starts in a fraction of a second.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cache_module():
-    """``explorer.cache``, importing the package without running its ``__init__`` when not loaded yet."""
+    """``explorer.pipeline.cache``, importing the package without running its ``__init__`` when not loaded yet."""
     if "explorer" not in sys.modules:
         pkg = types.ModuleType("explorer")
         pkg.__path__ = [str(ROOT / "explorer")]
         sys.modules["explorer"] = pkg
-    return importlib.import_module("explorer.cache")
+    return importlib.import_module("explorer.pipeline.cache")
 
 
 def payload(i: int, size: int = 1 << 19) -> tuple[dict[str, np.ndarray], dict]:

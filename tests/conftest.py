@@ -162,7 +162,7 @@ def umap_points():
     UMAP pays ~15 s of numba compilation in every new process, so every UMAP test shares this.
     """
     import explorer
-    from explorer.embedding import embed
+    from explorer.present.embedding import embed
 
     res = explorer.analyze_cached("zoo:planted", "layers.0")
     return res, embed(res.metrics.coords, "umap", 2, seed=0)

@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.analysis import TAUS, Analysis, _spectrum, analyze
-from explorer.errors import OptionError
-from explorer.metrics import MetricsOptions
-from explorer.metrics_pass import compute_metrics
+from explorer.catalog.views import FactorStream
+from explorer.core.errors import OptionError
+from explorer.core.linalg import TAUS
+from explorer.engine.dense import decompose
+from explorer.engine.options import SpectralOptions
+from explorer.metrics.passes import compute_metrics
+from explorer.metrics.results import MetricsOptions
+from explorer.pipeline.analyze import _spectrum, analyze
+from explorer.pipeline.result import Analysis
 from explorer.sources.resolve import load_family
-from explorer.spectral import SpectralOptions, decompose
-from explorer.views import FactorStream
 
 
 @pytest.fixture

@@ -6,13 +6,20 @@ import pytest
 import scipy.linalg
 import torch
 
-from explorer.angles import (layer_overlap, overlap, overlap_matrix, principal_angles,
-                             principal_cosines, top_left_basis)
-from explorer.errors import OptionError
-from explorer.metrics import MetricsOptions
-from explorer.metrics_pass import compute_metrics
-from explorer.nulls import random_subspace_expectation
-from explorer.spectral import SpectralOptions, decompose
+from explorer.core.errors import OptionError
+from explorer.engine.dense import decompose
+from explorer.engine.options import SpectralOptions
+from explorer.metrics.angles import (
+    layer_overlap,
+    overlap,
+    overlap_matrix,
+    principal_angles,
+    principal_cosines,
+    top_left_basis,
+)
+from explorer.metrics.baselines import random_subspace_expectation
+from explorer.metrics.passes import compute_metrics
+from explorer.metrics.results import MetricsOptions
 
 
 def _orth(rng, d, k):
@@ -125,7 +132,7 @@ def test_model_and_group_angles_in_metrics():
 
 
 def test_randomized_own_subspace_is_accurate_and_deterministic(monkeypatch):
-    from explorer import sidemat
+    from explorer.metrics import sidemat
 
     monkeypatch.setattr(sidemat, "_EXACT_SVD_SIDE", 16)  # force the randomized path on a small matrix
     rng = np.random.default_rng(8)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer.analysis import analyze, analyze_cached, cache_key
-from explorer.cache import ResultCache, decode, encode, file_fingerprint
-from explorer.metrics import MetricsOptions
+from explorer.engine.options import SpectralOptions
+from explorer.metrics.results import MetricsOptions
+from explorer.pipeline.analyze import analyze, analyze_cached, cache_key
+from explorer.pipeline.cache import ResultCache, decode, encode, file_fingerprint
 from explorer.sources.resolve import load_family
-from explorer.spectral import SpectralOptions
 
 MO = MetricsOptions(null_draws=2, folds=3)
 
@@ -102,7 +102,7 @@ def test_key_follows_content_and_options(fam_dir):
 
 
 def test_result_io_roundtrip(fam_dir, tmp_path):
-    from explorer import result_io
+    from explorer.pipeline import result_io
 
     fam = load_family(str(fam_dir))
     a = analyze(fam, "layers.0", metrics=MO)
@@ -117,7 +117,7 @@ def test_result_io_roundtrip(fam_dir, tmp_path):
     np.testing.assert_array_equal(b.spectrum.basis, a.spectrum.basis)
     assert b.to_json() == a.to_json()
     path.write_bytes(path.read_bytes()[:-3])
-    from explorer.errors import InputError
+    from explorer.core.errors import InputError
 
     with pytest.raises(InputError, match="checksum"):
         result_io.load(str(path))
@@ -130,8 +130,8 @@ _WORKER = """
 import json, os, sys, time, hashlib
 import torch
 torch.set_num_threads(1)  # four workers on a small machine would only fight for cores
-from explorer.analysis import analyze_cached
-from explorer.metrics import MetricsOptions
+from explorer.pipeline.analyze import analyze_cached
+from explorer.metrics.results import MetricsOptions
 src, log, ready, go = sys.argv[1:5]
 open(ready, "w").close()
 while not os.path.exists(go):  # a file barrier: all four start the request together

@@ -13,13 +13,13 @@ import os
 import random
 import signal
 import sys
-import types
 import time
+import types
 
 import numpy as np
 import pytest
 
-from explorer.cache import ResultCache, decode, encode
+from explorer.pipeline.cache import ResultCache, decode, encode
 from tests import cache_workers as w
 
 CTX = mp.get_context("spawn")

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 import explorer.sources.readers as readers
 from explorer import load_family
-from explorer.catalog import build_catalog, module_type_of
+from explorer.catalog.groups import build_catalog, module_type_of
 
 
 def _rchar() -> int:
@@ -70,7 +70,7 @@ def test_module_type_of():
 
 
 def test_describe_family_is_json_ready(tmp_path):
-    from explorer.catalog import describe_family
+    from explorer.catalog.groups import describe_family
 
     _adapters(tmp_path, 2, width=64)
     (tmp_path / "metadata.csv").write_text("name,task\nad00,qa\n")  # ad01 has no task: NaN -> null

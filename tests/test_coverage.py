@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.coverage import fold_assignment, kernel_heldout, mean_only
-from explorer.errors import OptionError
-from explorer.metrics import MetricsOptions
-from explorer.metrics_pass import compute_metrics
-from explorer.spectral import SpectralOptions, decompose
+from explorer.core.errors import OptionError
+from explorer.engine.dense import decompose
+from explorer.engine.options import SpectralOptions
+from explorer.metrics.heldout import fold_assignment, kernel_heldout, mean_only
+from explorer.metrics.passes import compute_metrics
+from explorer.metrics.results import MetricsOptions
 
 TOL = 1e-10
 

@@ -9,9 +9,10 @@ import pytest
 import scipy.linalg as sl
 import torch
 
-from explorer.errors import InputError
-from explorer.factored import decompose_factored
-from explorer.spectral import CENTERS, MODES, SpectralOptions, decompose
+from explorer.core.errors import InputError
+from explorer.engine.dense import decompose
+from explorer.engine.factored import decompose_factored
+from explorer.engine.options import CENTERS, MODES, SpectralOptions
 from tests.test_spectral_engine import reference
 
 RTOL = 1e-10

@@ -6,14 +6,22 @@ import pandas as pd
 import pytest
 
 import explorer
-from explorer.decimate import decimate_curve, decimate_square
-from explorer.embedding import embed, explained_ratio
-from explorer.figures import (accuracy_figure, angle_distribution_figure, coverage_figure, cumulative_overlay_figure,
-                              embedding_figure, layer_heatmap_figure, overlap_heatmap_figure, scree_figure,
-                              universal_overlap_figure)
-from explorer.generalization import coverage_curves
-from explorer.random_reference import random_principal_angles
-from explorer.summary import layer_summary
+from explorer.figures import (
+    accuracy_figure,
+    angle_distribution_figure,
+    coverage_figure,
+    cumulative_overlay_figure,
+    embedding_figure,
+    layer_heatmap_figure,
+    overlap_heatmap_figure,
+    scree_figure,
+    universal_overlap_figure,
+)
+from explorer.metrics.random_reference import random_principal_angles
+from explorer.present.curves import coverage_curves
+from explorer.present.decimate import decimate_curve, decimate_square
+from explorer.present.embedding import embed, explained_ratio
+from explorer.present.tables import layer_summary
 from tests.helpers import decode_plotly, trace
 
 
@@ -140,7 +148,7 @@ def test_tsne_embedding_shape_and_bad_options():
     x = rng.standard_normal((20, 5))
     pts = embed(x, "tsne", 3, seed=1)
     assert pts.shape == (20, 3) and np.isfinite(pts).all()
-    from explorer.errors import OptionError
+    from explorer.core.errors import OptionError
 
     with pytest.raises(OptionError, match="method"):
         embed(x, "isomap")

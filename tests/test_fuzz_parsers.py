@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from explorer.errors import ExplorerError
+from explorer.core.errors import ExplorerError
 from explorer.sources import readers
 from explorer.sources.manifest import check_manifest, read_manifest
 

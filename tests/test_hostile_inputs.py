@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from explorer import cli
-from explorer.analysis import analyze_cached
-from explorer.cache import ResultCache
-from explorer.catalog import build_catalog
-from explorer.errors import ExplorerError, InputError
+from explorer.catalog.groups import build_catalog
+from explorer.core.errors import ExplorerError, InputError
+from explorer.pipeline.analyze import analyze_cached
+from explorer.pipeline.cache import ResultCache
 from explorer.sources.resolve import load_family
 from tests.hostile import LAYER, corpus, evil_pickle
 
@@ -173,7 +173,7 @@ def test_nul_in_source_is_refused():
 @pytest.fixture(scope="module")
 def app_cache():
     """One cache root for the app tests, with the built zoo linked in (so picking zoo:planted is quick)."""
-    from explorer.paths import cache_root
+    from explorer.core.paths import cache_root
 
     real_zoo = cache_root() / "zoo"
     d = Path(tempfile.mkdtemp(prefix="hostile-app-"))

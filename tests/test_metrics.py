@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.errors import OptionError
-from explorer.metrics import MetricsOptions, energy_at, k_table
-from explorer.metrics_pass import compute_metrics
-from explorer.spectral import SpectralOptions, decompose
+from explorer.core.errors import OptionError
+from explorer.core.linalg import k_table
+from explorer.engine.dense import decompose
+from explorer.engine.options import SpectralOptions
+from explorer.metrics.passes import compute_metrics
+from explorer.metrics.results import MetricsOptions, energy_at
 
 TOL = 1e-10
 
@@ -137,7 +139,7 @@ def test_metrics_options_validation():
 
 
 def test_memory_budget_skips_with_notes(monkeypatch):
-    from explorer import nulls
+    from explorer.metrics import baselines as nulls
 
     monkeypatch.setattr(nulls, "_MAX_NULL_SIDE", 2)
     rng = np.random.default_rng(0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explorer import nulls
-from explorer.errors import OptionError
+from explorer.core.errors import OptionError
+from explorer.metrics import baselines as nulls
 
 
 def test_bartlett_wishart_moments():

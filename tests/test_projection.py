@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import explorer
-from explorer.analysis import analyze_cached
-from explorer.errors import OptionError
-from explorer.projection import accuracy_against_k, supports
+from explorer.core.errors import OptionError
+from explorer.pipeline.analyze import analyze_cached
+from explorer.present.projection import accuracy_against_k, supports
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,13 @@ import pytest
 import scipy.linalg as sl
 import torch
 
-from explorer.errors import OptionError
-from explorer.randomized import randomized_decompose, randomized_decompose_factored
-from explorer.spectral import CENTERS, SpectralOptions, decompose
+from explorer.core.errors import OptionError
+from explorer.engine.dense import decompose
+from explorer.engine.options import CENTERS, SpectralOptions
+from explorer.engine.randomized import (
+    randomized_decompose,
+    randomized_decompose_factored,
+)
 from tests.test_factored import dense, lora_family
 from tests.test_spectral_engine import planted_family, reference
 
@@ -60,8 +64,8 @@ def test_randomized_needs_reopenable_stream():
 
 
 def test_auto_switches_to_randomized_above_threshold(monkeypatch):
-    import explorer.spectral as spectral
-    from explorer.factored import decompose_factored
+    import explorer.engine.plan as spectral
+    from explorer.engine.factored import decompose_factored
 
     monkeypatch.setattr(spectral, "RANDOMIZED_THRESHOLD", 25)
     tensors = [torch.tensor(w) for w in planted_family(n=8, m=30, k=20, seed=5)]
@@ -75,7 +79,7 @@ def test_auto_switches_to_randomized_above_threshold(monkeypatch):
 
 
 def test_auto_prefers_exact_thin_unfolding_above_threshold(monkeypatch):
-    import explorer.spectral as spectral
+    import explorer.engine.plan as spectral
 
     monkeypatch.setattr(spectral, "RANDOMIZED_THRESHOLD", 25)
     tensors = [torch.tensor(w) for w in planted_family(n=3, m=40, k=5, seed=7)]  # 3 * 5 < 40

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explorer import security
-from explorer.errors import InputError
+from explorer.core.errors import InputError
+from explorer.sources import policy as security
 from explorer.sources.resolve import load_family
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from explorer import InputError, load_family
-from explorer.catalog import build_catalog, find_group
+from explorer.catalog.groups import build_catalog, find_group
+from explorer.catalog.views import merged_delta
 from explorer.sources.hub import choose_files, parse_spec
-from explorer.views import merged_delta
 
 
 class Tiny(nn.Module):

@@ -15,8 +15,8 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import save_file
 
 from explorer import InputError, load_family
-from explorer.catalog import build_catalog, find_group
-from explorer.views import stream_for_view
+from explorer.catalog.groups import build_catalog, find_group
+from explorer.catalog.views import stream_for_view
 
 
 class Custom:
@@ -142,7 +142,7 @@ def test_shape_mismatch_and_missing_tensor_name_model(tmp_path):
         stream_for_view(fam, g0, "full")
     with pytest.raises(InputError, match="no 2-D weight tensor is shared"):
         build_catalog(fam, complete_only=True)
-    from explorer.catalog import usable_family
+    from explorer.catalog.groups import usable_family
 
     sub = usable_family(fam, g0)
     assert [m.name for m in sub.models] == ["m0", "m1", "m2"] and sub.skipped[0].startswith("m3: ")

@@ -15,8 +15,20 @@ from safetensors.torch import save_file
 from torch import nn
 
 from explorer import InputError, OptionError, load_family
-from explorer.catalog import build_catalog, find_group, layer_indices, module_types, select_groups
-from explorer.views import DenseStream, FactorStream, default_view, merged_delta, stream_for_view
+from explorer.catalog.groups import (
+    build_catalog,
+    find_group,
+    layer_indices,
+    module_types,
+    select_groups,
+)
+from explorer.catalog.views import (
+    DenseStream,
+    FactorStream,
+    default_view,
+    merged_delta,
+    stream_for_view,
+)
 
 
 class Attn(nn.Module):

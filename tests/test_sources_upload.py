@@ -12,8 +12,9 @@ import yaml
 from safetensors.torch import save, save_file
 
 from explorer import InputError, load_family
-from explorer.catalog import build_catalog, find_group
-from explorer.sources.manifest import load_manifest, save_manifest
+from explorer.catalog.groups import build_catalog, find_group
+from explorer.sources.manifest import save_manifest
+from explorer.sources.resolve import load_manifest
 from explorer.sources.upload import family_from_uploads
 
 
@@ -102,7 +103,7 @@ def test_manifest_round_trip(tmp_path):
 
 
 def test_manifest_hub_sources_are_pinned(tmp_path):
-    from explorer.family import Family, ModelRef
+    from explorer.sources.family import Family, ModelRef
     from explorer.sources.manifest import manifest_dict
 
     save_file({"w.weight": torch.ones(2, 2)}, str(tmp_path / "x.safetensors"))

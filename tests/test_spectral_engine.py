@@ -11,10 +11,11 @@ import pytest
 import scipy.linalg as sl
 import torch
 
-from explorer.errors import InputError, OptionError
-from explorer.model_gram import model_gram
-from explorer.spectral import (CENTERS, MODES, GramAccumulator, SpectralOptions, Spectrum, decompose,
-                               eigh_desc)
+from explorer.core.errors import InputError, OptionError
+from explorer.core.linalg import eigh_desc
+from explorer.engine.dense import GramAccumulator, decompose
+from explorer.engine.model_gram import model_gram
+from explorer.engine.options import CENTERS, MODES, SpectralOptions, Spectrum
 
 RTOL = 1e-10
 
@@ -211,7 +212,7 @@ def test_bad_input_and_options():
 
 def test_symmetric_block_updates_match_full_products():
     # d >= 256 splits the Gram into upper blocks; the mirrored result equals the full product.
-    from explorer.spectral import StackedGram
+    from explorer.engine.gram import StackedGram
 
     rng = np.random.default_rng(12)
     pieces = [rng.standard_normal((600, c)) for c in (3, 4100, 5)]  # 4100 > buffer width: direct path
@@ -229,7 +230,7 @@ def test_symmetric_block_updates_match_full_products():
 
 
 def test_family_row_reader_reads_rows_from_safetensors(tmp_path):
-    from explorer.model_gram import family_row_reader
+    from explorer.engine.model_gram import family_row_reader
     from explorer.sources.resolve import load_family
     from tests.helpers import write_family
 
@@ -249,7 +250,7 @@ def test_family_row_reader_reads_rows_from_safetensors(tmp_path):
 
 
 def test_backend_device_override_and_upcast():
-    from explorer.backend import as_compute, pick_device, pick_dtype
+    from explorer.core.backend import as_compute, pick_device, pick_dtype
 
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto").type in ("cuda", "mps", "cpu")

@@ -8,8 +8,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from explorer import OptionError, load_family
-from explorer.catalog import build_catalog, find_group
-from explorer.views import FactorStream, stream_for_view
+from explorer.catalog.groups import build_catalog, find_group
+from explorer.catalog.views import FactorStream, stream_for_view
 
 
 def _write(root, name, a, b, cfg):
@@ -43,8 +43,8 @@ def test_factor_stream_mixed_ranks_and_scales(tmp_path):
         np.testing.assert_allclose(w.numpy(), rs * rb @ ra, rtol=0, atol=1e-9)
     # Mixed ranks: A and B are zero-padded to the largest rank, which leaves the stacked rows of A
     # (in-mode) and columns of B (out-mode) exact; the other modes and centerings are refused.
-    from explorer.analysis import analyze
-    from explorer.spectral import SpectralOptions
+    from explorer.engine.options import SpectralOptions
+    from explorer.pipeline.analyze import analyze
 
     for view, mode, unfold in (("A", "in", np.vstack([ra for _, ra, _ in refs])),
                                ("B", "out", np.hstack([rb for rb, _, _ in refs]))):

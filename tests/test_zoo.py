@@ -16,9 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from explorer.errors import InputError, OptionError
-from explorer.zoo import digits, digits_data as dd, registry, train as tr
-from explorer.zoo.evaluate import LoraEvaluator, evaluator_for
+from explorer.core.errors import InputError, OptionError
+from explorer.zoo import digits, registry
+from explorer.zoo import digits_data as dd
+from explorer.zoo import train as tr
+from explorer.zoo.evaluate import LoraEvaluator
+from explorer.zoo.evaluators import evaluator_for
 from explorer.zoo.projection import project, projected_accuracy
 
 FAMILIES = {"digits-mlp-scratch": 60, "digits-mlp-finetune": 60, "digits-lora": 100, "digits-random-init": 60}

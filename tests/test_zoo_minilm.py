@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from explorer.errors import InputError
-from explorer.zoo import minilm, registry, text_tasks as tt
+from explorer.core.errors import InputError
+from explorer.zoo import minilm, registry
+from explorer.zoo import text_tasks as tt
 
 HAVE_PACKAGE = importlib.util.find_spec(minilm.PACKAGE) is not None
 
@@ -73,7 +74,7 @@ def test_small_build_writes_peft_adapters(small_build):
 
 def test_adapter_loads_in_peft_and_evaluator_reproduces_accuracy(small_build):
     peft = pytest.importorskip("peft")
-    from explorer.zoo.evaluate import evaluator_for
+    from explorer.zoo.evaluators import evaluator_for
 
     folder, _ = small_build
     (folder / "recipe.json").write_text(json.dumps({"name": "minilm-lora", "version": "1"}))

@@ -3,11 +3,19 @@
 Builders never compute decompositions; they only lay out what the engine produced, so they are
 tested without Streamlit by reading the figure's data back.
 """
-from .embedding import embedding_figure
-from .generalization import accuracy_figure, coverage_figure
-from .overlap import angle_distribution_figure, overlap_heatmap_figure, universal_overlap_figure
-from .spectrum import cumulative_overlay_figure, layer_heatmap_figure, scree_figure
-from .style import PALETTE, TEMPLATE
+from explorer.figures.embedding import embedding_figure
+from explorer.figures.generalization import accuracy_figure, coverage_figure
+from explorer.figures.overlap import (
+    angle_distribution_figure,
+    overlap_heatmap_figure,
+    universal_overlap_figure,
+)
+from explorer.figures.spectrum import (
+    cumulative_overlay_figure,
+    layer_heatmap_figure,
+    scree_figure,
+)
+from explorer.figures.style import PALETTE, TEMPLATE
 
 __all__ = [
     "PALETTE", "TEMPLATE", "accuracy_figure", "angle_distribution_figure", "coverage_figure",

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .style import base_layout, color
+from explorer.figures.style import base_layout, color
 
 
 def embedding_figure(

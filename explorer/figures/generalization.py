@@ -6,7 +6,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 
-from .style import NULL_COLOR, base_layout, color, rgba
+from explorer.figures.style import NULL_COLOR, base_layout, color, rgba
 
 
 def coverage_figure(

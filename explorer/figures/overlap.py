@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from .style import NULL_COLOR, PALETTE, base_layout, color
+from explorer.figures.style import NULL_COLOR, PALETTE, base_layout, color
 
 # Above this many rows a heatmap's hover labels become the bottleneck in the browser; beyond
 # it we keep every cell but drop per-cell hover text.

@@ -6,8 +6,8 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from ..spectral import Spectrum
-from .style import NULL_COLOR, PALETTE, base_layout, color, rgba
+from explorer.engine.options import Spectrum
+from explorer.figures.style import NULL_COLOR, PALETTE, base_layout, color, rgba
 
 
 def scree_figure(

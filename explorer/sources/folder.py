@@ -9,19 +9,24 @@ Members (searched in ``models/`` when the folder has one):
 A folder that is itself an adapter or a sharded checkpoint is a family of one.  A ``base``
 subfolder or a ``base.*`` weight file next to the members is the base model.  Labels come from
 the adapter config, the README model card, a name regex and a ``metadata.csv`` sidecar (see
-:mod:`explorer.metadata`).  Members that cannot be read are left out and listed in
+:mod:`explorer.sources.labels`).  Members that cannot be read are left out and listed in
 ``Family.skipped``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
-from ..family import Family, ModelRef, labels_from_mapping, model_headers
-from ..security import check_local_path
-from ..metadata import compile_name_regex, read_sidecar, readme_labels, regex_labels
-from . import readers, sharded
-from .peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter_config
+from explorer.core.errors import InputError
+from explorer.sources import readers, sharded
+from explorer.sources.family import Family, ModelRef, labels_from_mapping, model_headers
+from explorer.sources.labels import (
+    compile_name_regex,
+    read_sidecar,
+    readme_labels,
+    regex_labels,
+)
+from explorer.sources.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter_config
+from explorer.sources.policy import check_local_path
 
 __all__ = ["load_folder", "load_model", "read_sidecar", "is_model_dir"]
 

@@ -12,16 +12,21 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
-from typing import Callable
 
-from ..errors import InputError
-from ..family import Family, ModelRef
-from ..metadata import compile_name_regex, regex_labels
-from .folder import load_model
-from ..security import hub_download_allowed, server_mode, validate_repo_id, validate_revision
-from .peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from explorer.core.errors import InputError
+from explorer.core.paths import hub_cache
+from explorer.core.progress import ProgressFn
+from explorer.sources.family import Family, ModelRef
+from explorer.sources.folder import load_model
+from explorer.sources.labels import compile_name_regex, regex_labels
+from explorer.sources.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from explorer.sources.policy import (
+    hub_download_allowed,
+    server_mode,
+    validate_repo_id,
+    validate_revision,
+)
 
-ProgressFn = Callable[[int, int, str], None]
 PREFIX = "hf:"
 
 
@@ -33,18 +38,6 @@ def is_offline() -> bool:
     if env is not None:
         return env.strip().upper() in {"1", "ON", "YES", "TRUE"}
     return bool(constants.HF_HUB_OFFLINE)
-
-
-def hub_cache() -> Path:
-    """The HF hub cache folder (``$HF_HUB_CACHE``, else huggingface_hub's default), read now."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path(constants.HF_HUB_CACHE)
 
 
 def parse_spec(source: str) -> list[tuple[str, str | None]]:
@@ -143,8 +136,12 @@ def _snapshot(repo: str, rev: str | None, cache: Path) -> tuple[Path, str]:
     """Download (or find offline) what ``repo`` needs; return its snapshot folder and commit."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError,
-        RepositoryNotFoundError, RevisionNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     # Server mode downloads nothing unless EXPLORER_HUB_ALLOW names the repo: cache only.

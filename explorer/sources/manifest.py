@@ -16,22 +16,19 @@ reopens identically.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from ..errors import InputError
-from ..family import Family, ModelRef, labels_from_mapping
-from ..metadata import compile_name_regex, regex_labels
+from explorer.core.errors import InputError
+from explorer.sources.family import Family
 
 FORMAT = "subspace-explorer/family/1"
 # A manifest is a few lines; anything larger is refused before it is parsed.
 MAX_MANIFEST_BYTES = 1 << 20
 _SCALARS = (str, int, float, bool, type(None))
 SUFFIXES = (".yaml", ".yml", ".json")
-ProgressFn = Callable[[int, int, str], None]
 
 
 def is_manifest(path: str | Path) -> bool:
@@ -93,68 +90,12 @@ def check_manifest(data: object, path: str | Path) -> dict[str, Any]:
     return {**data, "sources": sources, "labels": labels}
 
 
-def _absolute(source: str, folder: Path) -> str:
+def absolute_source(source: str, folder: Path) -> str:
+    """A manifest's SOURCE made absolute against the manifest's folder (zoo:/hf: kept as they are)."""
     if ":" in source.split("/")[0] and not Path(source).is_absolute():
         return source  # zoo:NAME, hf:...
     p = Path(source).expanduser()
     return str(p if p.is_absolute() else (folder / p).resolve())
-
-
-def resolve_base(source: str, progress: ProgressFn | None = None) -> ModelRef:
-    """The one model a base SOURCE names (a file, a model folder, ``hf:org/repo[@rev]``).
-
-    Raises
-    ------
-    InputError
-        If it does not resolve to exactly one model.
-    """
-    from .folder import is_model_dir, load_model
-    from .resolve import load_family
-
-    p = Path(source).expanduser()
-    if p.is_file() or (p.is_dir() and is_model_dir(p)):
-        return load_model(p, "base", source=str(p))
-    fam = load_family(source, progress=progress)
-    if len(fam) != 1:
-        raise InputError(f"base {source!r}: resolves to {len(fam)} models; a base must be one model")
-    return replace(fam.models[0], name="base")
-
-
-def load_manifest(path: str | Path, progress: ProgressFn | None = None, _depth: int = 0) -> Family:
-    """Load the family a manifest describes (models of all sources, in order).
-
-    Raises
-    ------
-    InputError
-        If the manifest is invalid, or no source yields a usable model.  Models that fail, and
-        models whose name repeats an earlier source's, are listed in ``Family.skipped``.
-    """
-    from .resolve import load_family
-
-    path = Path(path).expanduser().resolve()
-    if _depth > 4:
-        raise InputError(f"{path}: manifests nest more than 4 deep (a manifest lists itself?)")
-    data = read_manifest(path)
-    rx = compile_name_regex(data.get("name_regex"))
-    models: list[ModelRef] = []
-    skipped: list[str] = []
-    parts = tuple(_absolute(s, path.parent) for s in data["sources"])
-    for src in parts:
-        fam = load_family(src, progress=progress, _depth=_depth + 1)
-        skipped.extend(fam.skipped)
-        have = {m.name for m in models}
-        for m in fam.models:
-            if m.name in have:
-                skipped.append(f"{m.name}: from {src} repeats the name of a model of an earlier source")
-                continue
-            extra = {**regex_labels(rx, m.name), **data["labels"].get(m.name, {})}
-            models.append(replace(m, labels=labels_from_mapping({**m.label_dict, **extra})) if extra else m)
-    base_src = _absolute(data["base"], path.parent) if data.get("base") else None
-    base = resolve_base(base_src, progress) if base_src else None
-    return Family(
-        name=str(data.get("name") or path.stem), source=str(path), models=models, skipped=skipped,
-        base=base, parts=parts, base_source=base_src,
-    )
 
 
 def manifest_dict(family: Family) -> dict[str, Any]:

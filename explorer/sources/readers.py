@@ -14,8 +14,8 @@ from functools import lru_cache
 import torch
 from safetensors import safe_open
 
-from ..errors import InputError
-from . import torchfile
+from explorer.core.errors import InputError
+from explorer.sources import torchfile
 
 # A header larger than this is refused before it is read: real headers are a few MB at most.
 MAX_HEADER_BYTES = 100 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Turn a SOURCE string into a :class:`~explorer.family.Family`.
+"""Turn a SOURCE string into a :class:`~explorer.sources.family.Family`.
 
 SOURCE is ``zoo:NAME``, ``hf:ORG/REPO[@REV][,ORG/REPO...]`` (globs ``hf:Org/Prefix*`` too), a
 manifest file (``.yaml``/``.yml``/``.json``), a local folder, or a single weight file.
@@ -9,15 +9,17 @@ import errno
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
-from ..errors import InputError
-from ..family import Family
-from ..security import check_local_path
-from .folder import load_folder, load_model
-from .readers import is_weight_file
-
-ProgressFn = Callable[[int, int, str], None]
+from explorer.core.errors import InputError
+from explorer.core.progress import ProgressFn
+from explorer.sources.family import Family, ModelRef, labels_from_mapping
+from explorer.sources.folder import is_model_dir, load_folder, load_model
+from explorer.sources.hub import load_hub
+from explorer.sources.labels import compile_name_regex, regex_labels
+from explorer.sources.manifest import absolute_source, is_manifest, read_manifest
+from explorer.sources.policy import check_local_path
+from explorer.sources.readers import is_weight_file
+from explorer.zoo import ensure_built
 
 
 def load_family(
@@ -50,18 +52,12 @@ def load_family(
     if "\0" in source:
         raise InputError(f"{source!r}: a SOURCE cannot hold a NUL character")
     if source.startswith("zoo:"):
-        from ..zoo import ensure_built
-
         folder = ensure_built(source[4:], progress=progress)
         fam = load_folder(folder, name=source, source=source, name_regex=name_regex)
     elif source.startswith("hf:"):
-        from .hub import load_hub
-
         fam = load_hub(source, progress=progress, name_regex=name_regex)
     else:
         path = Path(source).expanduser()
-        from .manifest import is_manifest, load_manifest
-
         _check_link(path, source)
         check_local_path(path)
 
@@ -79,8 +75,6 @@ def load_family(
         else:
             raise InputError(f"{source!r}: is neither zoo:NAME, hf:ORG/REPO, nor an existing file or folder")
     if base is not None:
-        from .manifest import resolve_base
-
         fam = replace(fam, base=resolve_base(base, progress), base_source=base)
     return fam
 
@@ -94,3 +88,55 @@ def _check_link(path: Path, source: str) -> None:
             if exc.errno == errno.ELOOP:
                 raise InputError(f"{source}: is a symlink loop") from None
         raise InputError(f"{source}: is a symlink to a missing file or folder")
+
+
+def resolve_base(source: str, progress: ProgressFn | None = None) -> ModelRef:
+    """The one model a base SOURCE names (a file, a model folder, ``hf:org/repo[@rev]``).
+
+    Raises
+    ------
+    InputError
+        If it does not resolve to exactly one model.
+    """
+    p = Path(source).expanduser()
+    if p.is_file() or (p.is_dir() and is_model_dir(p)):
+        return load_model(p, "base", source=str(p))
+    fam = load_family(source, progress=progress)
+    if len(fam) != 1:
+        raise InputError(f"base {source!r}: resolves to {len(fam)} models; a base must be one model")
+    return replace(fam.models[0], name="base")
+
+
+def load_manifest(path: str | Path, progress: ProgressFn | None = None, _depth: int = 0) -> Family:
+    """Load the family a manifest describes (models of all sources, in order).
+
+    Raises
+    ------
+    InputError
+        If the manifest is invalid, or no source yields a usable model.  Models that fail, and
+        models whose name repeats an earlier source's, are listed in ``Family.skipped``.
+    """
+    path = Path(path).expanduser().resolve()
+    if _depth > 4:
+        raise InputError(f"{path}: manifests nest more than 4 deep (a manifest lists itself?)")
+    data = read_manifest(path)
+    rx = compile_name_regex(data.get("name_regex"))
+    models: list[ModelRef] = []
+    skipped: list[str] = []
+    parts = tuple(absolute_source(s, path.parent) for s in data["sources"])
+    for src in parts:
+        fam = load_family(src, progress=progress, _depth=_depth + 1)
+        skipped.extend(fam.skipped)
+        have = {m.name for m in models}
+        for m in fam.models:
+            if m.name in have:
+                skipped.append(f"{m.name}: from {src} repeats the name of a model of an earlier source")
+                continue
+            extra = {**regex_labels(rx, m.name), **data["labels"].get(m.name, {})}
+            models.append(replace(m, labels=labels_from_mapping({**m.label_dict, **extra})) if extra else m)
+    base_src = absolute_source(data["base"], path.parent) if data.get("base") else None
+    base = resolve_base(base_src, progress) if base_src else None
+    return Family(
+        name=str(data.get("name") or path.stem), source=str(path), models=models, skipped=skipped,
+        base=base, parts=parts, base_source=base_src,
+    )

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import InputError
-from . import readers
+from explorer.core.errors import InputError
+from explorer.sources import readers
 
 # Preferred first: safetensors shards are read header-only, torch shards must be unpickled.
 _INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from ..errors import InputError
+from explorer.core.errors import InputError
 
 # Keys under which training scripts commonly nest the state dict, in order of preference.
 NEST_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",

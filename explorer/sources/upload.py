@@ -17,10 +17,10 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from ..errors import InputError
-from ..family import Family
-from ..paths import cache_root
-from .folder import is_model_dir, load_folder
+from explorer.core.errors import InputError
+from explorer.core.paths import cache_root
+from explorer.sources.family import Family
+from explorer.sources.folder import is_model_dir, load_folder
 
 # Refuse archives that would unpack to more than this (a zip bomb must not fill the disk).
 MAX_UNPACKED_BYTES = 64 * 1024**3

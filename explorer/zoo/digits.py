@@ -18,13 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
-import torch
 from safetensors.torch import save_file
 
-from . import digits_data as dd
-from . import train as tr
-from .peft_layout import write_adapter
-from .registry import ProgressFn, ZooRecipe, register
+from explorer.core.progress import ProgressFn
+from explorer.zoo import digits_data as dd
+from explorer.zoo import train as tr
+from explorer.zoo.peft_layout import write_adapter
+from explorer.zoo.recipe import ZooRecipe
 
 BASE_SEED = 424242
 BASE_STEPS = 600
@@ -175,19 +175,21 @@ def build_random(folder: Path, progress: ProgressFn | None = None) -> None:
     _write_dense(folder, stack, rows, progress, "digits-random-init: writing")
 
 
-register(ZooRecipe(
-    name="digits-mlp-scratch", version="1", build=build_scratch,
-    description="60 digits MLPs (64-128-128-10) from independent random inits, one per task",
-))
-register(ZooRecipe(
-    name="digits-mlp-finetune", version="1", build=build_finetune,
-    description="60 full fine-tunes of one pretrained digits MLP, one per task (base in base/)",
-))
-register(ZooRecipe(
-    name="digits-lora", version="1", build=build_lora,
-    description="120 PEFT LoRA adapters (rank 4-8) on a frozen digits MLP: shared-A vs independent-A inits",
-))
-register(ZooRecipe(
-    name="digits-random-init", version="1", build=build_random,
-    description="60 untrained digits MLPs (torch default init): the null family",
-))
+RECIPES: tuple[ZooRecipe, ...] = (
+    ZooRecipe(
+        name="digits-mlp-scratch", version="1", build=build_scratch,
+        description="60 digits MLPs (64-128-128-10) from independent random inits, one per task",
+    ),
+    ZooRecipe(
+        name="digits-mlp-finetune", version="1", build=build_finetune,
+        description="60 full fine-tunes of one pretrained digits MLP, one per task (base in base/)",
+    ),
+    ZooRecipe(
+        name="digits-lora", version="1", build=build_lora,
+        description="120 PEFT LoRA adapters (rank 4-8) on a frozen digits MLP: shared-A vs independent-A inits",
+    ),
+    ZooRecipe(
+        name="digits-random-init", version="1", build=build_random,
+        description="60 untrained digits MLPs (torch default init): the null family",
+    ),
+)

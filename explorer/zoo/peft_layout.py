@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
+from explorer.core.errors import InputError
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"

@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from .registry import ProgressFn, ZooRecipe, register
+from explorer.core.progress import ProgressFn
+from explorer.zoo.recipe import ZooRecipe
 
 N_MODELS = 24
 SEED = 20251205
@@ -75,11 +76,11 @@ def _build(folder: Path, progress: ProgressFn | None) -> None:
     pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
 
 
-register(
+RECIPES: tuple[ZooRecipe, ...] = (
     ZooRecipe(
         name="planted",
         version="1",
         description=f"{N_MODELS} synthetic models sharing planted rank-k bases (k = 4, 6, 3) plus 3 % noise",
         build=_build,
-    )
+    ),
 )

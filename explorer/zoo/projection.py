@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import OptionError
-from .evaluate import Evaluator, evaluator_for
-
-CENTERS = ("none", "model", "vector")
+from explorer.core.errors import OptionError
+from explorer.core.linalg import check_center
+from explorer.zoo.evaluate import Evaluator
+from explorer.zoo.evaluators import evaluator_for
 
 
 def project(w: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | None, mean: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,8 +122,7 @@ def projected_accuracy(
     if (view == "A" and u is not None) or (view == "B" and v is not None):
         raise OptionError(f"view {view!r}: LoRA factor {view} can only be projected on its "
                           f"{'input (v)' if view == 'A' else 'output (u)'} side")
-    if center not in CENTERS:
-        raise OptionError(f"center {center!r} is not one of {', '.join(CENTERS)}")
+    check_center(center)
     names = list(models) if models is not None else evaluator.models
     ut = None if u is None else torch.as_tensor(np.ascontiguousarray(u), dtype=torch.float32)
     vt = None if v is None else torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32)
@@ -149,13 +148,13 @@ def projected_accuracy(
 
 
 def accuracy_vs_k(analysis, ks: Sequence[int] | None = None, models: Sequence[str] | None = None) -> pd.DataFrame | None:
-    """:func:`projected_accuracy` for an :class:`explorer.analysis.Analysis` of a zoo family.
+    """:func:`projected_accuracy` for an :class:`explorer.pipeline.analyze.Analysis` of a zoo family.
 
     Uses the analysis' basis (``spectrum.basis``, out- or in-mode), view, group and centring.
 
     Parameters
     ----------
-    analysis : explorer.analysis.Analysis
+    analysis : explorer.pipeline.analyze.Analysis
     ks : list of int, optional
         Default: 0, 1, 2, 4, 8, ... up to the basis size, and the basis size itself.
     models : list of str, optional

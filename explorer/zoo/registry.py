@@ -10,62 +10,23 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from ..errors import InputError
-from ..paths import zoo_root
+from explorer.core.errors import InputError
+from explorer.core.paths import zoo_root
+from explorer.core.progress import ProgressFn
+from explorer.zoo import digits, minilm, planted
+from explorer.zoo.recipe import ZooRecipe
 
-ProgressFn = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class ZooRecipe:
-    """How to build one zoo family.
-
-    Attributes
-    ----------
-    name : str
-    version : str
-        Bump it whenever the recipe's output changes; built copies with another version are rebuilt.
-    description : str
-    build : callable(folder: Path, progress) -> None
-        Writes ``models/`` and ``metadata.csv`` into ``folder``.
-    default : bool
-        Built by ``zoo build`` with no names (and by the quick start).
-    expected_seconds : float or None
-        Typical build time on the reference 2-core machine, to announce before a long build.
-    """
-
-    name: str
-    version: str
-    description: str
-    build: Callable[[Path, ProgressFn | None], None]
-    default: bool = True
-    expected_seconds: float | None = None
-
-
-RECIPES: dict[str, ZooRecipe] = {}
-
-
-def register(recipe: ZooRecipe) -> ZooRecipe:
-    RECIPES[recipe.name] = recipe
-    return recipe
-
-
-def _load_builtin() -> None:
-    # Imported here, not at module top, so each recipe module can import `register` from us.
-    from . import digits, minilm, planted  # noqa: F401
+# The built-in recipes, a plain list in the order ``zoo build`` and the app list them.
+RECIPES: dict[str, ZooRecipe] = {rc.name: rc for rc in (*digits.RECIPES, *minilm.RECIPES, *planted.RECIPES)}
 
 
 def list_recipes() -> list[ZooRecipe]:
-    _load_builtin()
     return list(RECIPES.values())
 
 
 def get_recipe(name: str) -> ZooRecipe:
-    _load_builtin()
     if name not in RECIPES:
         raise InputError(f"zoo:{name} is not a zoo family; available: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]

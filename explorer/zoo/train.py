@@ -21,9 +21,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .digits_data import StackedData
-
-ProgressFn = Callable[[int, int, str], None]
+from explorer.core.progress import ProgressFn
+from explorer.zoo.digits_data import StackedData
 
 #: Layer widths of every digits MLP: 64 pixels -> 128 -> 128 -> 10 logits.
 SIZES: tuple[int, ...] = (64, 128, 128, 10)

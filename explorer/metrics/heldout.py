@@ -1,0 +1,200 @@
+"""Held-out coverage: refit the shared basis without some models, measure what it captures of them.
+
+Every model enters the engine as a *side matrix* X_i (d x e): W_i in out-mode, W_i^T in
+in-mode, so the basis is always the left one.  One streaming pass accumulates, per cell of a
+partition of the models (the k folds, or the metadata groups), the Gram G_c = sum X_i X_i^T and
+the sum S_c = sum X_i.  The basis fitted *without* fold f then comes from the downdated sums
+
+    G_{-f} = G - G_f,   S_{-f} = S - S_f,   N_{-f} = N - |f|
+
+and centering (DESIGN.md) subtracts a matrix Z fitted on the same models:
+
+    sum (X_i - Z)(X_i - Z)^T = G - Z S^T - S Z^T + N Z Z^T,
+    Z = S / N (center=model)  or  Z = c 1^T with c the mean column of [X_1 ... X_N] (center=vector).
+
+No file is read again to refit; leave-one-out downdates by the one model being evaluated.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from explorer.core.errors import OptionError
+from explorer.core.linalg import eigh_np
+from explorer.engine.gram import StackedGram
+from explorer.metrics.sidemat import SideMatrix
+
+
+def fold_assignment(n_models: int, folds: int, seed: int = 0) -> np.ndarray:
+    """Assign each model to one of ``folds`` folds, balanced and seeded (shape (N,), ints).
+
+    Families are often stored ordered by task, so folds are a seeded shuffle, not contiguous.
+    """
+    if n_models < 2:
+        raise OptionError(f"held-out coverage needs at least 2 models, the family has {n_models}")
+    if folds < 2:
+        raise OptionError(f"k-fold coverage needs at least 2 folds, got {folds}")
+    folds = min(folds, n_models)
+    perm = np.random.default_rng(seed).permutation(n_models)
+    out = np.empty(n_models, dtype=np.int64)
+    out[perm] = np.arange(n_models) % folds
+    return out
+
+
+class PartitionGrams:
+    """Per-cell Gram and sum of side matrices, for one partition of the models.
+
+    Parameters
+    ----------
+    cells : ndarray of int, shape (N,)
+        Cell of each model, 0..n_cells-1 (fold or group index).
+    d, e : int
+        Side matrix shape.
+    dtype, device : torch dtype and device of the accumulation.
+    """
+
+    def __init__(self, cells: np.ndarray, d: int, e: int, dtype: torch.dtype, device: torch.device):
+        self.cells = np.asarray(cells, dtype=np.int64)
+        self.n_cells = int(self.cells.max()) + 1 if len(self.cells) else 0
+        self._grams = [StackedGram(d, dtype, device) for _ in range(self.n_cells)]
+        self.sum = torch.zeros(self.n_cells, d, e, dtype=dtype, device=device)
+        self.count = np.bincount(self.cells, minlength=self.n_cells)
+
+    def add(self, i: int, x) -> None:
+        """Add model ``i``'s side matrix (a :class:`~explorer.metrics.sidemat.SideMatrix`) to its cell."""
+        c = int(self.cells[i])
+        self._grams[c].add(x.gram_factor())
+        x.add_to(self.sum[c])
+
+    def _gram(self, c: int) -> torch.Tensor:
+        return self._grams[c].flush()
+
+    def total(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Raw Gram, sum and count over all models."""
+        g = self._gram(0).clone()
+        for c in range(1, self.n_cells):
+            g += self._gram(c)
+        return g, self.sum.sum(dim=0), int(self.count.sum())
+
+    def cell(self, c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Raw Gram, sum and count of the models in cell ``c``."""
+        return self._gram(c), self.sum[c], int(self.count[c])
+
+    def without(self, c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Raw Gram, sum and count of all models *not* in cell ``c`` (the downdate)."""
+        g, s, n = self.total()
+        return g - self._gram(c), s - self.sum[c], n - int(self.count[c])
+
+
+def centered_norm2(x, z: torch.Tensor | None) -> float:
+    """||X - Z||_F^2 (exact for dense X; by expansion for a factored one, which is never formed)."""
+    if z is None:
+        return x.sq_norm()
+    if not x.factored:
+        r = x.x - z
+        return float((r * r).sum())
+    return max(x.sq_norm() - 2 * x.inner(z) + float((z * z).sum()), 0.0)
+
+
+def projection(u: torch.Tensor, x, z: torch.Tensor | None, uz: torch.Tensor | None) -> torch.Tensor:
+    """U^T (X - Z), shape (k, e); ``uz`` = U^T Z precomputed once per basis."""
+    p = x.left_product(u)
+    return p - uz if uz is not None else p
+
+
+def captured_curve(u: torch.Tensor, x, z: torch.Tensor | None = None, uz: torch.Tensor | None = None) -> np.ndarray:
+    """One-sided captured energy ||U_k^T (X - Z)||^2 / ||X - Z||^2 for k = 1..u.shape[1].
+
+    Parameters
+    ----------
+    u : Tensor, shape (d, k)
+        Orthonormal basis.
+    x : SideMatrix or Tensor, shape (d, e)
+    z : Tensor, shape (d, e), optional
+        Centering matrix subtracted from X.
+    uz : Tensor, shape (k, e), optional
+        U^T Z (computed here when omitted).
+
+    Returns
+    -------
+    ndarray, shape (k,)
+        Non-decreasing, in [0, 1]; zeros for a zero matrix.
+    """
+    if isinstance(x, torch.Tensor):
+        x = SideMatrix(dense=x)
+    if z is not None and uz is None:
+        uz = u.T @ z
+    tot = centered_norm2(x, z)
+    if tot <= 0:
+        return np.zeros(u.shape[1])
+    rows = (projection(u, x, z, uz) ** 2).sum(dim=1)
+    return np.clip(torch.cumsum(rows, 0).cpu().double().numpy() / tot, 0.0, 1.0)
+
+
+def mean_only(x, mu: torch.Tensor) -> tuple[float, float]:
+    """Mean-only baseline for one held-out model X (SideMatrix or Tensor) and the mean ``mu``.
+
+    Returns
+    -------
+    captured : float
+        Share of ||X||^2 along the mean's direction, <X, mu>^2 / (||mu||^2 ||X||^2).
+    rel_error : float
+        ||X - mu|| / ||X||: relative error of reconstructing X by the mean itself.
+    """
+    if isinstance(x, torch.Tensor):
+        x = SideMatrix(dense=x)
+    xx = x.sq_norm()
+    mm = float((mu * mu).sum())
+    if xx <= 0:
+        return 0.0, 0.0
+    xm = x.inner(mu)
+    cap = xm * xm / (mm * xx) if mm > 0 else 0.0
+    err = np.sqrt(centered_norm2(x, mu) / xx)
+    return float(min(max(cap, 0.0), 1.0)), float(err)
+
+
+def kernel_heldout(kmat: np.ndarray, train: np.ndarray, test: np.ndarray, k: int, center: str) -> np.ndarray:
+    """Held-out captured energy in model mode, from the model kernel K_ij = <W_i, W_j> alone.
+
+    The training models' principal directions in R^{mn} are v_l = X_t^T q_l / sqrt(lambda_l) for
+    the eigenpairs of their (centered) kernel, so a held-out model's coordinate on v_l is
+    (k_j . q_l) / sqrt(lambda_l): no parameter-space vector is ever formed.
+
+    Parameters
+    ----------
+    kmat : ndarray, shape (N, N)
+    train, test : ndarray of int
+        Model indices.
+    k : int
+        Largest rank reported.
+    center : {"none", "model", "vector"}
+        Both centerings subtract the training mean model in model mode.
+
+    Returns
+    -------
+    ndarray, shape (len(test), k)
+        Captured energy of each test model for rank 1..k (padded with the last value when the
+        training set has fewer than k non-zero directions).
+    """
+    ktt = kmat[np.ix_(train, train)]
+    kjt = kmat[np.ix_(test, train)]
+    kjj = kmat[test, test]
+    if center != "none":
+        rt = ktt.mean(axis=1)
+        at = ktt.mean()
+        rj = kjt.mean(axis=1)
+        ktt = ktt - rt[:, None] - rt[None, :] + at
+        kjt = kjt - rj[:, None] - rt[None, :] + at
+        kjj = kjj - 2 * rj + at
+    vals, vecs = eigh_np(ktt)
+    keep = vals > vals[0] * 1e-12 if vals[0] > 0 else np.zeros_like(vals, dtype=bool)
+    proj = (kjt @ vecs[:, keep]) ** 2 / vals[keep]
+    curve = np.cumsum(proj, axis=1)
+    out = np.zeros((len(test), k))
+    kk = min(k, curve.shape[1])
+    out[:, :kk] = curve[:, :kk]
+    if kk < k and kk > 0:
+        out[:, kk:] = curve[:, kk - 1 : kk]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(kjj[:, None] > 0, out / kjj[:, None], 0.0)
+    return np.clip(out, 0.0, 1.0)

@@ -1,0 +1,1 @@
+"""Stage 9: downloads and the self-contained HTML report."""

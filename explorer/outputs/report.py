@@ -1,0 +1,173 @@
+"""A self-contained HTML report (plotly.js embedded, no network) plus CSV and safetensors files.
+
+``python -m explorer report SOURCE --layer G [--layer G2 ...] --out DIR`` writes::
+
+    DIR/report.html                       every view for every layer group, figures inline
+    DIR/<layer>.<mode>.spectrum.csv        j, singular value, EVR, cumulative, null median/p05/p95
+    DIR/<layer>.<mode>.models.csv          per-model labels, captured energy at k(0.9), overlaps
+    DIR/<layer>.<mode>.coverage.csv        captured energy against k for each fit and baseline
+    DIR/<layer>.<mode>.basis.safetensors   eigenvalues, basis, coordinates (see export.basis_tensors)
+"""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from explorer.core.version import __version__
+from explorer.figures import (
+    coverage_figure,
+    embedding_figure,
+    overlap_heatmap_figure,
+    scree_figure,
+    universal_overlap_figure,
+)
+from explorer.outputs.export import basis_safetensors
+from explorer.pipeline.result import Analysis
+from explorer.present.curves import coverage_curves
+from explorer.present.embedding import embed
+
+TAU = 0.9
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths written by :func:`write_report`."""
+
+    html: Path
+    data: tuple[Path, ...]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def spectrum_table(res: Analysis) -> pd.DataFrame:
+    """One row per component j: singular value, EVR, cumulative EVR and the null's median/band."""
+    sp = res.spectrum
+    df = pd.DataFrame({"j": np.arange(1, len(sp.eigenvalues) + 1), "singular_value": sp.singular_values,
+                       "evr": sp.evr, "cumulative_evr": sp.cumulative})
+    m = res.metrics
+    if m is not None and m.null_evr_median is not None:
+        n = len(df)
+        df["null_evr_median"] = m.null_evr_median[:n]
+        df["null_evr_p05"] = m.null_evr_lo[:n]
+        df["null_evr_p95"] = m.null_evr_hi[:n]
+    return df
+
+
+def models_table(res: Analysis, k: int) -> pd.DataFrame:
+    """Per-model labels, captured energy at rank k (in-sample and held-out) and overlaps."""
+    df = pd.DataFrame([{"name": n, **lab} for n, lab in zip(res.models, res.labels)])
+    m = res.metrics
+    if m is None:
+        return df
+    kk = min(k, m.energy_one.shape[1])
+    df[f"energy_one_sided_k{kk}"] = m.energy_one[:, kk - 1]
+    if m.energy_two is not None:
+        df[f"energy_two_sided_k{min(kk, m.energy_two.shape[1])}"] = m.energy_two[:, min(kk, m.energy_two.shape[1]) - 1]
+    if m.heldout_kfold is not None:
+        df[f"heldout_kfold_k{kk}"] = m.heldout_kfold[:, kk - 1]
+    if m.heldout_loo is not None:
+        df[f"heldout_loo_k{kk}"] = m.heldout_loo[:, kk - 1]
+    if m.own_vs_universal is not None:
+        df["overlap_with_universal"] = m.own_vs_universal
+    return df
+
+
+def layer_figures(res: Analysis) -> list[tuple[str, go.Figure]]:
+    """The figures of one analysis: spectrum, overlap, embedding, generalization (those that apply)."""
+    sp, m = res.spectrum, res.metrics
+    name = f"{res.group.name} · {res.view} · {sp.mode}-mode"
+    figs = []
+    null = (m.null_evr_median, m.null_evr_lo, m.null_evr_hi) if m is not None and m.null_evr_median is not None else None
+    figs.append(("Spectrum", scree_figure(sp, TAU, null_evr=null, mp_edge_evr=m.mp_edge_evr if m else None,
+                                          title=f"Scree — {name}")))
+    if m is None:
+        return figs
+    d = sp.basis.shape[0]
+    if m.own_overlap is not None:
+        k = m.own_cosines.shape[1] if m.own_cosines is not None else 8
+        figs.append(("Overlap", overlap_heatmap_figure(m.own_overlap, res.models, expectation=k / d,
+                                                       title=f"Model × model overlap — {name}")))
+        groups = [lab.get("task_group", lab.get("group", "")) for lab in res.labels]
+        figs.append(("Overlap with the universal subspace",
+                     universal_overlap_figure(res.models, m.own_vs_universal, groups if any(groups) else None,
+                                              expectation=k / d, title=f"Overlap with the universal subspace — {name}")))
+    feats = m.coords if m.coords is not None else m.scores
+    if feats is not None and len(res.models) >= 3:
+        table = pd.DataFrame([{"name": n, **lab} for n, lab in zip(res.models, res.labels)])
+        color = next((c for c in ("task_group", "group", "init_group", "task") if c in table), None)
+        figs.append(("Embedding", embedding_figure(embed(feats, "pca", 2), table, color,
+                                                   title=f"Models in the shared basis (PCA) — {name}")))
+    cov = coverage_curves(res)
+    figs.append(("Generalization", coverage_figure(cov.curves, bands=cov.bands, levels=cov.levels,
+                                                   title=f"Held-out coverage — {name}")))
+    return figs
+
+
+def _summary_html(res: Analysis) -> str:
+    sp, m = res.spectrum, res.metrics
+    rows = [("models", len(res.models)), ("shape", "×".join(map(str, res.group.shape))), ("view", res.view),
+            ("mode", sp.mode), ("centering", sp.center),
+            ("k at 50 / 90 / 99 %", f"{sp.k_at(0.5)} / {sp.k_at(0.9)} / {sp.k_at(0.99)}"),
+            ("EVR of the top component", f"{sp.evr[0]:.4f}")]
+    if m is not None and m.null_cum_median is not None:
+        k = min(16, len(sp.cumulative))
+        rows.append((f"top-{k} cumulative EVR vs null median", f"{sp.cumulative[k - 1]:.4f} vs {m.null_cum_median[k - 1]:.4f}"))
+    rows.append(("cache key", res.cache_key or "—"))
+    return "<table>" + "".join(f"<tr><th>{html.escape(str(a))}</th><td>{html.escape(str(b))}</td></tr>" for a, b in rows) + "</table>"
+
+
+def write_report(results: Sequence[Analysis], out: str | Path,
+                 progress: Callable[[int, int, str], None] | None = None) -> ReportFiles:
+    """Write report.html and the data files for several analyses into ``out``.
+
+    Each file is written to a temporary name and renamed, so an interrupted run leaves no
+    half-written file under its final name.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data: list[Path] = []
+    sections = []
+    for i, res in enumerate(results):
+        stem = f"{_safe(res.group.name)}.{_safe(res.view)}.{res.spectrum.mode}"
+        _write(out / f"{stem}.spectrum.csv", spectrum_table(res).to_csv(index=False).encode(), data)
+        _write(out / f"{stem}.models.csv", models_table(res, res.spectrum.k_at(TAU)).to_csv(index=False).encode(), data)
+        _write(out / f"{stem}.coverage.csv", coverage_curves(res).table().to_csv(index=False).encode(), data)
+        _write(out / f"{stem}.basis.safetensors", basis_safetensors(res), data)
+        figs = "".join(
+            f"<h3>{html.escape(t)}</h3>" + f.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{i}-{j}")
+            for j, (t, f) in enumerate(layer_figures(res)))
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in (res.metrics.notes if res.metrics else []))
+        sections.append(f"<section><h2>{html.escape(res.group.name)}</h2>{_summary_html(res)}"
+                        f"{'<ul>' + notes + '</ul>' if notes else ''}{figs}</section>")
+        if progress:
+            progress(i + 1, len(results), "writing report")
+    family = results[0].family if results else ""
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>Subspace Explorer report — {html.escape(family)}</title>
+<script type="text/javascript">{get_plotlyjs()}</script>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#1b1f24}}table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ddd;padding:4px 10px;text-align:left}}th{{background:#f3f6fa}}section{{margin-bottom:3em}}</style></head>
+<body><h1>Subspace Explorer report</h1><p>Family <b>{html.escape(family)}</b> ({html.escape(results[0].source if results else "")}),
+{len(results[0].models) if results else 0} models. Generated by subspace-explorer {__version__}. Every claim is shown beside its
+baselines: the strength-matched Gaussian null (median, 5–95 % band, Marchenko–Pastur edge), the random-subspace
+expectation k/d, held-out coverage and the mean-only reconstruction.</p>{''.join(sections)}</body></html>"""
+    path = out / "report.html"
+    _write(path, page.encode("utf-8"), None)
+    return ReportFiles(path, tuple(data))
+
+
+def _write(path: Path, blob: bytes, written: list[Path] | None) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+    if written is not None:
+        written.append(path)

@@ -1,0 +1,159 @@
+"""The one pipeline the app and the CLI share: family + layer group + options -> Analysis.
+
+:func:`analyze` computes; :func:`analyze_cached` does the same through the content-addressed
+disk cache (:mod:`explorer.pipeline.cache`) from small hashable arguments only, so a Streamlit page can
+wrap it in ``st.cache_data`` keyed by those arguments; :func:`cache_key` prints the key.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from explorer.catalog.groups import LayerGroup, build_catalog, find_group
+from explorer.catalog.views import FactorStream, default_view, stream_for_view
+from explorer.core.progress import ProgressFn
+from explorer.engine import memory
+from explorer.engine.dense import decompose
+from explorer.engine.factored import decompose_factored
+from explorer.engine.model_gram import family_row_reader
+from explorer.engine.options import SpectralOptions, Spectrum
+from explorer.metrics.passes import compute_metrics
+from explorer.metrics.results import MetricsOptions
+from explorer.pipeline.cache import ResultCache, family_fingerprint, make_key
+from explorer.pipeline.result import ENGINE_VERSION, Analysis
+from explorer.pipeline.result_io import from_payload, to_payload
+from explorer.sources.family import Family
+from explorer.sources.resolve import load_family
+
+__all__ = ["Analysis", "ENGINE_VERSION", "analyze", "analyze_cached", "cache_key"]
+
+
+def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None, row_reader=None) -> Spectrum:
+    """The engine call: the factored engine for LoRA dW (a FactorStream), else the dense one.
+
+    The stream's ``open`` itself (not one iterator) is handed over, so the engine may take the
+    several passes its randomized path needs.  ``row_reader`` lets model mode read row blocks of
+    every file directly instead of re-reading whole models once per block.
+    """
+    if isinstance(stream, FactorStream):
+        return decompose_factored(stream.open, stream.n_models, stream.shape, options, progress, ranks=stream.ranks)
+    return decompose(stream.open, stream.n_models, stream.shape, options, progress, row_reader=row_reader)
+
+
+def _resolve(family: Family, layer: str | LayerGroup, view: str | None) -> tuple[LayerGroup, str]:
+    group = layer if isinstance(layer, LayerGroup) else find_group(build_catalog(family), layer)
+    if view is None:
+        view = default_view(family, group)
+    return group, view
+
+
+def analyze(
+    family: Family,
+    layer: str | LayerGroup,
+    *,
+    view: str | None = None,
+    options: SpectralOptions = SpectralOptions(),
+    progress: ProgressFn | None = None,
+    metrics: MetricsOptions | None = MetricsOptions(),
+) -> Analysis:
+    """Decompose one layer group of a family, and compute its metrics and baselines.
+
+    Parameters
+    ----------
+    family : Family
+    layer : str or LayerGroup
+        Group name from the catalog (``layers.0``) or the group itself.
+    view : {"full", "delta", "A", "B", "dW"}, optional
+        Default: ``dW`` for LoRA groups, ``full`` for dense ones.
+    options : SpectralOptions
+    progress : callable(done, total, label), optional
+        Called once per model read (the engine's pass, then the two metrics passes).
+    metrics : MetricsOptions or None
+        None computes the spectrum only (one pass).
+    """
+    group, view = _resolve(family, layer, view)
+    stream = stream_for_view(family, group, view)
+    # Mixed-rank padding and the memory guard: refuse before any tensor is read.
+    what = f"view {view!r} of {group.name!r}"
+    stream.check(options.mode, options.center, what)
+    memory.check(stream.shape, stream.n_models, options.mode, what, options=options, metrics=metrics,
+                 ranks=stream.ranks)
+    row_reader = None
+    if options.mode == "model" and view in ("full", "delta"):
+        row_reader = family_row_reader(family, group.tensor, base=family.base if view == "delta" else None)
+    spectrum = _spectrum(stream, options, progress, row_reader)
+    labels = [m.label_dict for m in family.models]
+    result = None
+    if metrics is not None:
+        # A FactorStream yields (B, A, s) triples, which the metrics passes keep factored.
+        result = compute_metrics(stream.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
+                                 labels, progress, null_ranks=stream.ranks)
+    return Analysis(
+        family=family.name,
+        source=family.source,
+        models=[m.name for m in family.models],
+        group=group,
+        view=view,
+        options=options,
+        spectrum=spectrum,
+        metrics=result,
+        metrics_options=metrics,
+        labels=labels,
+    )
+
+
+def _key_for(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
+             metrics: MetricsOptions | None) -> str:
+    return make_key(
+        "analysis",
+        ENGINE_VERSION,
+        family_fingerprint(family),
+        asdict(group),
+        view,
+        asdict(options),
+        asdict(metrics) if metrics is not None else None,
+    )
+
+
+def cache_key(
+    source: str | Family,
+    layer: str | LayerGroup,
+    view: str | None = None,
+    options: SpectralOptions = SpectralOptions(),
+    metrics: MetricsOptions | None = MetricsOptions(),
+) -> str:
+    """The content-addressed cache key (sha256 hex) of one analysis.
+
+    It covers every input file's fingerprint (path, size, mtime_ns, header hash), the model
+    names and labels, the layer group, view, options and :data:`ENGINE_VERSION`.
+    """
+    family = load_family(source) if isinstance(source, str) else source
+    group, view = _resolve(family, layer, view)
+    return _key_for(family, group, view, options, metrics)
+
+
+def analyze_cached(
+    source: str | Family,
+    layer: str,
+    view: str | None = None,
+    options: SpectralOptions = SpectralOptions(),
+    metrics: MetricsOptions | None = MetricsOptions(),
+    progress: ProgressFn | None = None,
+    cache: ResultCache | None = None,
+) -> Analysis:
+    """:func:`analyze` through the disk cache, from small hashable arguments only.
+
+    Concurrent callers with the same key (other app sessions, processes) wait while one of them
+    computes, then read its result.  A hit and a miss return identical arrays (both are read back
+    from the stored entry).  ``progress`` is called only when something is computed.
+    """
+    # A Family (e.g. loaded with a base model or a name regex) is used as it is.
+    family = source if isinstance(source, Family) else load_family(source, progress=progress)
+    group, view = _resolve(family, layer, view)
+    key = _key_for(family, group, view, options, metrics)
+    store = cache or ResultCache()
+    payload, hit = store.get_or_compute(
+        key, lambda: to_payload(analyze(family, group, view=view, options=options, progress=progress, metrics=metrics))
+    )
+    result = from_payload(*payload)
+    result.cache_key, result.from_cache = key, hit
+    return result

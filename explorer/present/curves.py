@@ -1,0 +1,72 @@
+"""Held-out coverage curves and their baselines, gathered for the generalization view and report."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from explorer.pipeline.result import Analysis
+
+
+@dataclass
+class Coverage:
+    """Mean captured energy against k for each fit, plus bands and flat reference levels.
+
+    Attributes
+    ----------
+    curves : dict label -> ndarray (K,)
+    bands : dict label -> (p05 (K,), p95 (K,))
+        Spread across models.
+    levels : dict label -> float
+    """
+
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    bands: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    levels: dict[str, float] = field(default_factory=dict)
+
+    def table(self, max_k: int | None = None) -> pd.DataFrame:
+        """One row per k, one column per curve (and the levels as constant columns)."""
+        n = max((len(c) for c in self.curves.values()), default=0)
+        n = min(n, max_k) if max_k else n
+        out = pd.DataFrame({"k": np.arange(1, n + 1)})
+        for label, c in self.curves.items():
+            col = np.full(n, np.nan)
+            col[: min(n, len(c))] = c[:n]
+            out[label] = col
+        for label, v in self.levels.items():
+            out[label] = v
+        return out
+
+
+def coverage_curves(res: Analysis) -> Coverage:
+    """Fitted, held-out (k-fold, LOO), null and random-subspace curves; the mean-only level.
+
+    The null curve is the strength-matched Gaussian null's cumulative EVR (median), i.e. what
+    the fitted curve would be for a family with no shared structure.
+    """
+    m = res.metrics
+    cov = Coverage()
+    if m is None:
+        return cov
+
+    def add(label: str, per_model: np.ndarray | None) -> None:
+        if per_model is None:
+            return
+        cov.curves[label] = per_model.mean(axis=0)
+        cov.bands[label] = (np.percentile(per_model, 5, axis=0), np.percentile(per_model, 95, axis=0))
+
+    add("fitted (in-sample)", m.energy_one)
+    folds = int(m.folds.max() + 1) if m.folds is not None else 0
+    add(f"held-out ({folds}-fold)" if folds else "held-out (k-fold)", m.heldout_kfold)
+    add("held-out (leave-one-out)", m.heldout_loo)
+    if m.null_cum_median is not None:
+        cov.curves["null median (fitted)"] = m.null_cum_median
+        cov.bands["null median (fitted)"] = (m.null_cum_lo, m.null_cum_hi)
+    kmax = m.energy_one.shape[1]
+    cov.curves["random subspace"] = res.random_subspace()[:kmax]
+    if m.mean_kfold_captured is not None:
+        cov.levels["mean-only (k-fold)"] = float(m.mean_kfold_captured.mean())
+    elif m.mean_loo_captured is not None:
+        cov.levels["mean-only (LOO)"] = float(m.mean_loo_captured.mean())
+    return cov
