@@ -12,6 +12,7 @@ from explorer.figures import (
 )
 from explorer.present.curves import coverage_curves
 from explorer.present.embedding import embed
+from explorer.present.tables import default_group_column, metadata_table
 
 TOUR_FAMILY, TOUR_LAYER = "zoo:digits-mlp-finetune", "layers.1"
 CONTRASTS = (("fine-tunes of one base", "zoo:digits-mlp-finetune"), ("trained from scratch", "zoo:digits-mlp-scratch"),
@@ -36,13 +37,13 @@ def tour_sel(source: str) -> ui.Selection:
 
 try:
     for _, src in CONTRASTS:
-        ui._ensure_zoo(src)
+        ui.ensure_zoo(src)
     main = ui.compute(tour_sel(TOUR_FAMILY))
 except ExplorerError as exc:
     st.error(str(exc))
     st.stop()
 m = main.metrics
-table = ui.metadata_table(main)
+table = metadata_table(main)
 figs = {}
 
 
@@ -60,7 +61,7 @@ with steps[0]:
         f"of `{TOUR_LAYER}`; colour shows its task group."
     )
     pts = embed(m.coords, "pca", 2)
-    show("family", "tour_family", embedding_figure(pts, table, "task_group" if "task_group" in table else None,
+    show("family", "tour_family", embedding_figure(pts, table, default_group_column(table),
                                       title="Fine-tunes, placed by their shared-basis coordinates"))
 with steps[1]:
     st.markdown(
@@ -68,7 +69,7 @@ with steps[1]:
         "along one shared direction. A steep drop means a few shared directions carry most of every model."
     )
     show("scree", "tour_scree", scree_figure(main.spectrum, tour_sel(TOUR_FAMILY).tau, max_components=40,
-                                 null_evr=(m.null_evr_median, m.null_evr_lo, m.null_evr_hi), mp_edge_evr=m.mp_edge_evr,
+                                 null=m.null, mp_edge_evr=m.mp_edge_evr,
                                  title=f"Fine-tunes · {TOUR_LAYER}: scree against the Gaussian null"))
 with steps[2]:
     st.markdown(
@@ -81,7 +82,7 @@ with steps[2]:
         st.error(str(exc))
         curves = []
     show("families", "tour_null", cumulative_overlay_figure(curves, tour_sel(TOUR_FAMILY).tau, max_components=64,
-                                                 null=("Gaussian null (median)", m.null_cum_median),
+                                                 null=("Gaussian null (median)", m.null.cum_median) if m.null else None,
                                                  title=f"{TOUR_LAYER}: cumulative EVR by family"))
 with steps[3]:
     st.markdown(

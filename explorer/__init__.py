@@ -5,12 +5,13 @@ Python API (the app and the CLI call the same functions)::
     import explorer
     fam = explorer.load_family("zoo:planted")            # any SOURCE
     res = explorer.analyze(fam, "layers.0", options=explorer.SpectralOptions(mode="out"))
-    res.spectrum.k_at(0.9), res.metrics.heldout_kfold.mean(0)
+    res.spectrum.k_at(0.9), res.metrics.heldout.kfold.mean(0)
     res = explorer.analyze_cached("zoo:planted", "layers.0")   # through the disk cache
 """
 from explorer.catalog.groups import LayerGroup, build_catalog
 from explorer.catalog.views import DenseStream, FactorStream
 from explorer.core.errors import ExplorerError, InputError, OptionError
+from explorer.core.lowrank import LowRank
 from explorer.core.version import __version__
 from explorer.engine.dense import decompose
 from explorer.engine.factored import decompose_factored
@@ -18,14 +19,14 @@ from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.metrics.results import Metrics, MetricsOptions
 from explorer.pipeline.analyze import analyze, analyze_cached, cache_key
 from explorer.pipeline.result import Analysis
-from explorer.sources.family import Family, ModelRef
+from explorer.sources.family import Family, ModelRef, Skipped
 from explorer.sources.manifest import save_manifest
 from explorer.sources.resolve import load_family, load_manifest
 from explorer.sources.upload import family_from_uploads
 
 __all__ = [
-    "Analysis", "DenseStream", "ExplorerError", "FactorStream", "Family", "InputError", "LayerGroup", "Metrics",
-    "MetricsOptions", "ModelRef", "OptionError", "SpectralOptions", "Spectrum", "analyze", "analyze_cached",
-    "build_catalog", "cache_key", "decompose", "decompose_factored", "family_from_uploads", "load_family", "load_manifest",
-    "save_manifest", "__version__",
+    "Analysis", "DenseStream", "ExplorerError", "FactorStream", "Family", "InputError", "LayerGroup", "LowRank",
+    "Metrics", "MetricsOptions", "ModelRef", "OptionError", "Skipped", "SpectralOptions", "Spectrum", "__version__", "analyze",
+    "analyze_cached", "build_catalog", "cache_key", "decompose", "decompose_factored", "family_from_uploads",
+    "load_family", "load_manifest", "save_manifest",
 ]

@@ -1,7 +1,9 @@
 """The command-line contract of DESIGN.md: ``zoo``, ``inspect``, ``analyze``.
 
 Exit codes: 0 all well; 2 bad input or options (one line on stderr naming what is wrong);
-1 an internal error.
+1 an internal error.  Members of a family that cannot be used are skipped and named: ``inspect``
+lists them, ``analyze`` and ``report`` print one ``skipped:`` line each on stderr and count them
+in their summary; ``--strict`` refuses the family instead (exit 2).
 """
 from __future__ import annotations
 
@@ -11,7 +13,23 @@ import sys
 import traceback
 from pathlib import Path
 
-from explorer.core.errors import ExplorerError
+from explorer.catalog.groups import build_catalog, describe_family, select_groups
+from explorer.catalog.views import VIEWS
+from explorer.core.atomic import atomic_write_bytes
+from explorer.core.backend import DEVICES, DTYPES
+from explorer.core.errors import ExplorerError, OptionError
+from explorer.core.progress import CliProgress
+from explorer.engine.options import CENTERS, METHODS, MODES, SpectralOptions
+from explorer.metrics.results import MetricsOptions
+from explorer.outputs.export import basis_safetensors
+from explorer.outputs.report import models_table, spectrum_table, write_report
+from explorer.pipeline.analyze import analyze, analyze_cached
+from explorer.pipeline.cache import ResultCache
+from explorer.pipeline.result import Analysis
+from explorer.present.curves import coverage_curves
+from explorer.sources.family import Skipped
+from explorer.sources.resolve import load_family
+from explorer.zoo import registry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,15 +80,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _decomposition_args(a: argparse.ArgumentParser) -> None:
-    a.add_argument("--view", default=None, choices=["full", "delta", "A", "B", "dW"],
+    a.add_argument("--view", default=None, choices=VIEWS,
                    help="default: dW for LoRA adapters, full for dense checkpoints")
-    a.add_argument("--mode", default="out", choices=["out", "in", "model"])
-    a.add_argument("--center", nargs="?", const="model", default="none", choices=["none", "model", "vector"],
+    a.add_argument("--mode", default="out", choices=MODES)
+    a.add_argument("--center", nargs="?", const="model", default="none", choices=CENTERS,
                    help="centering convention (a bare --center means model)")
     a.add_argument("--k", type=int, default=16, help="components to report (default 16)")
-    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    a.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    a.add_argument("--method", default="auto", choices=["auto", "exact", "randomized"],
+    a.add_argument("--device", default="auto", choices=DEVICES)
+    a.add_argument("--dtype", default="float64", choices=list(DTYPES))
+    a.add_argument("--method", default="auto", choices=METHODS,
                    help="eigen-solver: exact, or randomized subspace iteration (auto: randomized above d = 16384)")
     a.add_argument("--seed", type=int, default=0, help="seed of the randomized solver and of the null draws")
 
@@ -78,6 +96,9 @@ def _decomposition_args(a: argparse.ArgumentParser) -> None:
 def _family_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="SOURCE", help="base model for the delta view (file, folder or hf:ORG/REPO)")
     p.add_argument("--name-regex", metavar="RE", help="regex with named groups turning model names into labels")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the family if a member cannot be used (corrupt file, NaN/Inf data...) "
+                   "instead of skipping it and naming it")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
@@ -86,8 +107,6 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_zoo(args, progress) -> int:
-    from explorer.zoo import registry
-
     if args.zoo_command == "list":
         for r in registry.list_recipes():
             state = "built" if registry.is_built(r.name) else "not built"
@@ -109,8 +128,6 @@ def _cmd_zoo(args, progress) -> int:
 
 
 def _cmd_inspect(args, progress) -> int:
-    from explorer.catalog.groups import build_catalog, describe_family
-
     fam = _load(args, progress)
     if args.json:
         print(json.dumps(describe_family(fam), indent=2, default=str))
@@ -119,7 +136,7 @@ def _cmd_inspect(args, progress) -> int:
     base = f", base {fam.base.source}" if fam.base is not None else ""
     print(f"{fam.name}: {len(fam)} {fam.kind} models from {fam.source}{base}")
     for s in fam.skipped:
-        print(f"  skipped: {s}")
+        print(f"  skipped: {s.line()}")
     print(f"{'layer group':<44} {'kind':>5} {'shape':>12} {'rank':>5} {'dtype':>6} {'models':>7}")
     for g in cat:
         rank = "" if g.kind != "lora" else (str(g.rank) if g.rank is not None else "mixed")
@@ -128,16 +145,11 @@ def _cmd_inspect(args, progress) -> int:
 
 
 def _load(args, progress):
-    from explorer.sources.resolve import load_family
-
     return load_family(args.source, progress=progress, base=getattr(args, "base", None),
-                       name_regex=getattr(args, "name_regex", None))
+                       name_regex=getattr(args, "name_regex", None), strict=getattr(args, "strict", False))
 
 
 def _options(args):
-    from explorer.core.errors import OptionError
-    from explorer.engine.options import SpectralOptions
-
     if args.k < 1:
         raise OptionError(f"--k must be >= 1, got {args.k}")
     return SpectralOptions(mode=args.mode, center=args.center, dtype=args.dtype, device=args.device,
@@ -146,44 +158,54 @@ def _options(args):
 
 def _run(args, fam, layer: str, progress):
     """One analysis through the disk cache (unless --no-cache), sharing the app's pipeline."""
-    from explorer.metrics.results import MetricsOptions
-    from explorer.pipeline.analyze import analyze, analyze_cached
-    from explorer.pipeline.cache import ResultCache
-
     opts = _options(args)
     metrics = MetricsOptions(seed=args.seed)
     if args.no_cache:
-        return analyze(fam, layer, view=args.view, options=opts, progress=progress, metrics=metrics)
+        return analyze(fam, layer, view=args.view, options=opts, progress=progress, metrics=metrics,
+                       strict=args.strict)
     cache = ResultCache(args.cache_dir) if args.cache_dir else None
-    return analyze_cached(fam, layer, args.view, opts, metrics, progress=progress, cache=cache)
+    return analyze_cached(fam, layer, args.view, opts, metrics, progress=progress, cache=cache, strict=args.strict)
+
+
+def _report_skipped(results: list[Analysis], progress: CliProgress) -> int:
+    """One ``skipped:`` line per member left out of any of ``results``, on stderr; return the count.
+
+    A member with NaN/Inf data in one layer group only is left out of that group's analysis;
+    it is listed once, with the first reason found.
+    """
+    seen: dict[str, Skipped] = {}
+    for res in results:
+        for s in res.skipped:
+            seen.setdefault(s.name, s)
+    progress.close()  # the progress bar shares stderr: end it before the lines
+    for s in seen.values():
+        print(f"skipped: {s.line()}", file=sys.stderr)
+    return len(seen)
 
 
 def _cmd_analyze(args, progress) -> int:
     fam = _load(args, progress)
     res = _run(args, fam, args.layer, progress)
+    n_skipped = _report_skipped([res], progress)
     if args.json_file:
-        _atomic_write(Path(args.json_file), json.dumps(res.to_json(), indent=2).encode())
+        atomic_write_bytes(Path(args.json_file), json.dumps(res.to_json(), indent=2).encode())
     if args.out:
-        from explorer.outputs.export import basis_safetensors
-        from explorer.outputs.report import models_table, spectrum_table
-        from explorer.present.curves import coverage_curves
-
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "spectrum.csv", spectrum_table(res).to_csv(index=False).encode())
-        _atomic_write(out / "models.csv", models_table(res, res.spectrum.k_at(0.9)).to_csv(index=False).encode())
-        _atomic_write(out / "coverage.csv", coverage_curves(res).table().to_csv(index=False).encode())
-        _atomic_write(out / "basis.safetensors", basis_safetensors(res))
+        atomic_write_bytes(out / "spectrum.csv", spectrum_table(res).to_csv(index=False).encode())
+        atomic_write_bytes(out / "models.csv", models_table(res, res.spectrum.k_at(0.9)).to_csv(index=False).encode())
+        atomic_write_bytes(out / "coverage.csv", coverage_curves(res).table().to_csv(index=False).encode())
+        atomic_write_bytes(out / "basis.safetensors", basis_safetensors(res))
     sp = res.spectrum
     k = min(args.k, len(sp.eigenvalues))
     print(f"{res.family} / {res.group.name} {list(res.group.shape)}  view={res.view} mode={sp.mode} "
-          f"center={sp.center}  N={sp.n_models}")
+          f"center={sp.center}  N={sp.n_models}" + (f"  skipped={n_skipped} (see stderr)" if n_skipped else ""))
     print("k at " + ", ".join(f"{int(float(t) * 100)}%: {v}" for t, v in res.k_at().items()))
     m = res.metrics
-    has_null = m is not None and m.null_evr_median is not None
+    has_null = m is not None and m.null is not None
     print(f"{'j':>4} {'sigma_j':>12} {'EVR':>8} {'cum':>8}" + (f" {'null cum':>9}" if has_null else ""))
     for j in range(k):
-        null = f" {m.null_cum_median[j]:>9.4f}" if has_null and j < len(m.null_cum_median) else ""
+        null = f" {m.null.cum_median[j]:>9.4f}" if has_null and j < len(m.null.cum_median) else ""
         print(f"{j + 1:>4} {sp.singular_values[j]:>12.5g} {sp.evr[j]:>8.4f} {sp.cumulative[j]:>8.4f}{null}")
     if res.cache_key:
         print(f"cache key {res.cache_key}{' (from cache)' if res.from_cache else ''}")
@@ -191,10 +213,6 @@ def _cmd_analyze(args, progress) -> int:
 
 
 def _cmd_report(args, progress) -> int:
-    from explorer.catalog.groups import build_catalog, select_groups
-    from explorer.core.errors import OptionError
-    from explorer.outputs.report import write_report
-
     fam = _load(args, progress)
     cat = [g for g in build_catalog(fam) if g.n_models == len(fam)]
     layers = args.layer or [g.name for g in select_groups(cat)][:8]
@@ -202,20 +220,14 @@ def _cmd_report(args, progress) -> int:
         raise OptionError(f"{fam.source}: no layer group is held by every model")
     results = [_run(args, fam, layer, progress) for layer in layers]
     files = write_report(results, args.out, progress=progress)
-    print(f"wrote {files.html} and {len(files.data)} data files for {len(results)} layer groups")
+    n_skipped = _report_skipped(results, progress)
+    print(f"wrote {files.html} and {len(files.data)} data files for {len(results)} layer groups"
+          + (f"; {n_skipped} members skipped (see stderr and the report)" if n_skipped else ""))
     return 0
-
-
-def _atomic_write(path: Path, blob: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
-    from explorer.core.progress import CliProgress
-
     args = _parser().parse_args(argv)
     progress = CliProgress(quiet=args.quiet)
     try:

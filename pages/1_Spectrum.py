@@ -1,5 +1,4 @@
 """Spectrum: scree and cumulative curves beside the null, several layers overlaid, layer heatmap."""
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -10,6 +9,7 @@ from explorer.figures import (
     layer_heatmap_figure,
     scree_figure,
 )
+from explorer.present.curves import cumulative_matrix
 from explorer.present.tables import layer_summary
 
 sel, res = ui.page_analysis("Spectrum", "📉", "Spectrum")
@@ -22,11 +22,9 @@ with right:
     show_null = st.toggle("Gaussian null band + MP edge", value=True, key="spectrum_null",
                           help="Same shapes and Frobenius norms, iid Gaussian entries: 8 draws, median and 5–95 %.")
     st.metric(f"k at τ = {sel.tau:g}", sp.k_at(sel.tau))
-null = None
-if show_null and m is not None and m.null_evr_median is not None:
-    null = (m.null_evr_median, m.null_evr_lo, m.null_evr_hi)
+null = m.null if show_null and m is not None else None
 with left:
-    fig = scree_figure(sp, sel.tau, log_y=log_y, max_components=int(n_max), null_evr=null,
+    fig = scree_figure(sp, sel.tau, log_y=log_y, max_components=int(n_max), null=null,
                        mp_edge_evr=m.mp_edge_evr if (show_null and m is not None) else None,
                        title=f"{res.family} · {res.group.name} · {res.view} · {sel.mode}-mode · centering {sel.center}")
     st.plotly_chart(fig, key="spectrum_scree")
@@ -60,17 +58,13 @@ if results:
     curves += [(f"{src} · {sel.layer}", cum) for src, cum in family_curves]
     first = next(iter(results.values()))
     null_curve = None
-    if first.metrics is not None and first.metrics.null_cum_median is not None:
-        null_curve = (f"null median ({chosen[0]})", first.metrics.null_cum_median)
+    if first.metrics is not None and first.metrics.null is not None:
+        null_curve = (f"null median ({chosen[0]})", first.metrics.null.cum_median)
     c1, c2 = st.columns(2)
     overlay = cumulative_overlay_figure(curves, sel.tau, max_components=int(n_max), null=null_curve,
                                         title="Cumulative EVR, layers overlaid")
     c1.plotly_chart(overlay, key="spectrum_overlay")
-    width = int(min(n_max, max(len(c) for _, c in curves)))
-    mat = np.ones((len(curves), width))
-    for i, (_, c) in enumerate(curves):
-        mat[i, : min(width, len(c))] = c[:width]
-    heat = layer_heatmap_figure([n for n, _ in curves], mat, sel.tau)
+    heat = layer_heatmap_figure([n for n, _ in curves], cumulative_matrix([c for _, c in curves], int(n_max)), sel.tau)
     c2.plotly_chart(heat, key="spectrum_heatmap")
     table = pd.DataFrame([layer_summary(name, r) for name, r in results.items()])
     st.dataframe(table, hide_index=True)

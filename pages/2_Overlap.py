@@ -13,20 +13,23 @@ from explorer.figures import (
     universal_overlap_figure,
 )
 from explorer.metrics.angles import layer_overlap
+from explorer.metrics.passes import MAX_GROUPS
 from explorer.metrics.random_reference import random_principal_angles
 from explorer.present.decimate import decimate_square
+from explorer.present.overlap import overlap_scale
+from explorer.present.tables import group_columns, metadata_table
 
 sel, res = ui.page_analysis("Overlap", "🔀", "Subspace overlap")
 m = res.metrics
-if m is None or m.own_overlap is None:
+scale = overlap_scale(res)
+if scale is None:
     st.info("Overlaps compare each model's own top-k subspace in the output (out-mode) or input (in-mode) "
             "space; pick the out or in mode in the sidebar.")
     st.stop()
-d = res.spectrum.basis.shape[0]
-k = m.own_cosines.shape[1] if m.own_cosines is not None else 8
-expect = k / d
-table = ui.metadata_table(res)
-group_cols = [c for c in table.columns if c != "name" and 1 < table[c].nunique() <= 32]
+ov = m.overlaps
+k, d, expect = scale.k, scale.d, scale.expectation
+table = metadata_table(res)
+group_cols = group_columns(table)
 st.markdown(
     f"Each model's own top-{k} subspace (from its own SVD) against the others' and against the shared "
     f"top-{k} basis. Overlap = Σcos²θ / k ∈ [0, 1]; two random {k}-dim subspaces of R^{d} overlap "
@@ -34,14 +37,14 @@ st.markdown(
 )
 tab_models, tab_layers, tab_groups, tab_families = st.tabs(["Models", "Layers", "Groups", "Families"])
 with tab_models:
-    names, mat = decimate_square(res.models, m.own_overlap, 200)
+    names, mat = decimate_square(res.models, ov.own, 200)
     heat = overlap_heatmap_figure(mat, names, title=f"Model × model overlap (top-{k} own subspaces)", expectation=expect)
     c1, c2 = st.columns(2)
     c1.plotly_chart(heat, key="overlap_models")
-    angles = angle_distribution_figure(m.own_cosines, random_angles=random_principal_angles(d, k))
+    angles = angle_distribution_figure(ov.cosines, random_angles=random_principal_angles(d, k))
     c2.plotly_chart(angles, key="overlap_angles")
     color_col = st.selectbox("Colour by", ["(none)"] + group_cols, key="overlap_color")
-    bars = universal_overlap_figure(res.models, m.own_vs_universal,
+    bars = universal_overlap_figure(res.models, ov.vs_universal,
                                     None if color_col == "(none)" else table[color_col].astype(str).tolist(),
                                     expectation=expect)
     st.plotly_chart(bars, key="overlap_universal")
@@ -68,24 +71,25 @@ with tab_layers:
 with tab_groups:
     group_fig = None
     if group_cols:
-        current = m.group_by if m.group_by in group_cols else group_cols[0]
+        fitted_by = m.groups.by if m.groups is not None else None
+        current = fitted_by if fitted_by in group_cols else group_cols[0]
         by = st.selectbox("Group by", group_cols, index=group_cols.index(current), key="overlap_group_by",
                           help="A basis is fitted per group (e.g. init_group for the shared-A critique of LoRA).")
-        if by != m.group_by:
+        if by != fitted_by:
             try:
                 m = ui.compute(sel, metrics=replace(sel.metrics, group_by=by)).metrics
             except ExplorerError as exc:
                 st.error(str(exc))
-    if m.group_overlap is not None:
-        group_fig = overlap_heatmap_figure(m.group_overlap, m.group_names,
-                                           title=f"Group × group overlap (basis fitted per '{m.group_by}')",
+    if m.groups is not None:
+        gr = m.groups
+        group_fig = overlap_heatmap_figure(gr.overlap, gr.names,
+                                           title=f"Group × group overlap (basis fitted per '{gr.by}')",
                                            expectation=expect)
         st.plotly_chart(group_fig, key="overlap_groups")
-        if m.group_vs_universal is not None:
-            st.dataframe(pd.DataFrame({"group": m.group_names, "overlap with universal": np.round(m.group_vs_universal, 4)}),
-                         hide_index=True)
+        st.dataframe(pd.DataFrame({"group": gr.names, "overlap with universal": np.round(gr.vs_universal, 4)}),
+                     hide_index=True)
     else:
-        st.info("No metadata column with 2–32 groups was found for group × group overlaps.")
+        st.info(f"No metadata column with 2–{MAX_GROUPS} groups was found for group × group overlaps.")
 with tab_families:
     family_fig = None
     others = st.multiselect(f"Families to compare ({sel.layer}, same shape)", ui.comparable_families(sel),
@@ -102,11 +106,11 @@ with tab_families:
         st.plotly_chart(family_fig, key="overlap_families_heat")
     else:
         st.info("Pick other families holding this layer to compare their shared subspaces.")
-own = pd.DataFrame({"name": res.models, "overlap with universal": m.own_vs_universal})
+own = pd.DataFrame({"name": res.models, "overlap with universal": ov.vs_universal})
 figs = {"model-overlap": heat, "angles": angles, "universal": bars}
 if layer_fig is not None:
     figs["layer-overlap"] = layer_fig
 if family_fig is not None:
     figs["family-overlap"] = family_fig
-ui.export_bar("overlap", figs, {"model-overlap": pd.DataFrame(m.own_overlap, index=res.models, columns=res.models).reset_index(),
+ui.export_bar("overlap", figs, {"model-overlap": pd.DataFrame(ov.own, index=res.models, columns=res.models).reset_index(),
                                 "universal-overlap": own}, res)

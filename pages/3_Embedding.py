@@ -7,6 +7,7 @@ import ui
 from explorer.core.errors import ExplorerError
 from explorer.figures import coverage_figure, embedding_figure
 from explorer.present.embedding import METHODS, embed, explained_ratio
+from explorer.present.tables import metadata_table
 
 METHOD_LABELS = {"pca": "PCA (instant)", "umap": "UMAP (first use compiles, ~15 s)", "tsne": "t-SNE"}
 
@@ -25,7 +26,7 @@ if m is not None:
 if features is None:
     st.info("No coordinates were computed for this analysis.")
     st.stop()
-table = ui.metadata_table(res)
+table = metadata_table(res)
 c1, c2, c3 = st.columns(3)
 method = c1.selectbox("Method", METHODS, format_func=METHOD_LABELS.get, key="emb_method")
 dims = c2.radio("Dimensions", [2, 3], horizontal=True, key="emb_dims")

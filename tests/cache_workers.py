@@ -70,5 +70,5 @@ def compute_once(root: str, i: int, counter: str, barrier, results) -> None:
 
     barrier.wait()
     (arrays, meta), hit = cache.get_or_compute(key(i), compute)
-    blob = cache_module().encode(arrays, meta)
+    blob = cache_module().encode(arrays, meta, key(i))
     results.put((os.getpid(), hit, hashlib.sha256(blob).hexdigest(), cache.path(key(i)).read_bytes() == blob))

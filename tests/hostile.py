@@ -3,11 +3,14 @@
 Each case writes its input under a folder and returns a :class:`Case`: the SOURCE string, the
 CLI command that must fail (``inspect`` reads headers only; ``analyze`` is needed for what only
 reading tensor data reveals, such as NaN), and a fragment the one-line message must contain.
+:func:`member_family` places the same inputs as members of a family beside good models (used by
+tests/test_skipped_members.py: each must be skipped and named, or refused with ``--strict``).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+from tests.helpers import write_adapter
 
 LAYER = "layers.0"
 
@@ -64,11 +69,13 @@ def evil_pickle(path: Path, marker: Path) -> Path:
 
 
 def _adapter(folder: Path, config: str | None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({"base_model.model.blk.0.fc.lora_A.weight": torch.randn(2, 5),
-               "base_model.model.blk.0.fc.lora_B.weight": torch.randn(6, 2)}, str(folder / "adapter_model.safetensors"))
-    if config is not None:
-        (folder / "adapter_config.json").write_text(config)
+    """A good rank-2 adapter whose ``adapter_config.json`` is then replaced by ``config`` (None: removed)."""
+    write_adapter(folder, {"blk.0.fc": (torch.randn(2, 5), torch.randn(6, 2))}, 2)
+    cfg = folder / "adapter_config.json"
+    if config is None:
+        cfg.unlink()
+    else:
+        cfg.write_text(config)
     return folder
 
 
@@ -126,12 +133,13 @@ def _build(root: Path) -> dict[str, Case]:
     nan[1, 2] = float("nan")
     _good(d / "nan" / "a.safetensors")
     _good(d / "nan" / "b.safetensors", nan)
-    cases["nan_tensor"] = Case(str(d / "nan"), "analyze", "holds NaN or Inf", "b.safetensors")
+    # A NaN/Inf member is skipped when its data is read (see member_family); alone, it leaves no model.
+    cases["nan_tensor"] = Case(str(d / "nan" / "b.safetensors"), "analyze", "holds NaN or Inf", "b.safetensors")
     inf = torch.randn(4, 3, dtype=torch.float16)
     inf[0, 0] = float("inf")
     _good(d / "inf" / "a.safetensors")
     _good(d / "inf" / "b.safetensors", inf)
-    cases["inf_tensor"] = Case(str(d / "inf"), "analyze", "holds NaN or Inf", "b.safetensors")
+    cases["inf_tensor"] = Case(str(d / "inf" / "b.safetensors"), "analyze", "holds NaN or Inf", "b.safetensors")
     p = _good(d / "zero_size.safetensors", torch.zeros(0, 4))
     cases["zero_size"] = Case(str(p), "inspect", "no non-empty 2-D weight tensor", p.name)
     d.joinpath("int_only").mkdir()
@@ -147,7 +155,7 @@ def _build(root: Path) -> dict[str, Case]:
     cases["symlink_loop"] = Case(str(d / "loop"), "inspect", "symlink loop", "loop")
     (d / "loop_member").mkdir()
     os.symlink(d / "loop_member" / "x.safetensors", d / "loop_member" / "x.safetensors")
-    cases["symlink_loop_member"] = Case(str(d / "loop_member"), "inspect", "holds no models", "loop_member")
+    cases["symlink_loop_member"] = Case(str(d / "loop_member"), "inspect", "symlink loop", "x.safetensors")
     os.symlink(d / "a" / "b", d / "dangling")
     cases["dangling_symlink"] = Case(str(d / "dangling"), "inspect", "symlink to a missing", "dangling")
 
@@ -222,3 +230,52 @@ def corpus(root: Path) -> dict[str, Case]:
         _CACHE[key] = _build(root)
     return _CACHE[key]
 
+
+
+# ------------------------------------------------------------------ the same cases as family members
+# Not members of a family: Hub ids and manifests are other kinds of SOURCE, and a family whose models
+# disagree on a group's shape is refused for that group (a choice of group, not a bad member).
+NOT_MEMBERS = ("hub_", "manifest_", "mixed_shapes")
+# What the member's skip reason says where it differs from the case's own (top-level) message.
+_MEMBER_EXPECT = {
+    "empty_folder": "holds no weight files", "no_weight_files": "holds no weight files",
+    "symlink_loop_member": "holds no weight files", "symlink_loop": "symlink loop", "dangling_symlink": "symlink",
+}
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str  # the member's name in the family (the case id)
+    path: str  # where it is in the family folder
+    expect: str  # fragment of its skip reason
+    on_read: bool  # True if only reading its data shows the problem (NaN/Inf): skipped by analyze, not load
+
+
+def member_family(root: Path, cases: dict[str, Case], n_good: int = 3) -> tuple[Path, dict[str, Member]]:
+    """A family folder of ``n_good`` good models plus every member-kind hostile case, each named by its id.
+
+    The good models hold ``layers.0.weight`` of shape (4, 3), like the NaN/Inf members, so those
+    load and are found only when ``analyze`` reads them.
+    """
+    fam = root / "members"
+    fam.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n_good):
+        _good(fam / f"good{i}.safetensors", torch.randn(4, 3, generator=g))
+    members: dict[str, Member] = {}
+    for cid, case in cases.items():
+        if cid.startswith(NOT_MEMBERS):
+            continue
+        src = Path(case.source)
+        if cid in ("symlink_loop", "dangling_symlink"):
+            # As a member, the link carries a weight-file name (a bare name is no member at all).
+            dest = fam / f"{cid}.safetensors"
+            os.symlink(dest if cid == "symlink_loop" else root / "nowhere" / "x.safetensors", dest)
+        elif src.is_dir():
+            dest = fam / cid
+            shutil.copytree(src, dest, symlinks=True)
+        else:
+            dest = fam / f"{cid}{src.suffix}"
+            shutil.copy2(src, dest)
+        members[cid] = Member(cid, str(dest), _MEMBER_EXPECT.get(cid, case.expect), cid in ("nan_tensor", "inf_tensor"))
+    return fam, members

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from functools import reduce
 
 import numpy as np
 import pytest
@@ -37,18 +38,18 @@ def test_analyze_holds_everything(fam, mode):
     assert list(a.k_at()) == [str(t) for t in TAUS]
     met = a.metrics
     n = len(fam)
-    assert met.energy_one.shape[0] == n and met.heldout_kfold.shape == met.energy_one.shape
-    assert met.heldout_loo is not None  # loo=auto is cheap here
-    assert met.null_cum_median.shape == a.spectrum.eigenvalues.shape
+    assert met.energy_one.shape[0] == n and met.heldout.kfold.shape == met.energy_one.shape
+    assert met.heldout.loo is not None  # loo=auto is cheap here
+    assert met.null.cum_median.shape == a.spectrum.eigenvalues.shape
     assert 0 < met.mp_edge_evr <= 1
     d = len(a.spectrum.eigenvalues)
     np.testing.assert_allclose(a.random_subspace()[:3], np.arange(1, 4) / d)
-    np.testing.assert_array_equal(a.energy_at(1, "kfold"), met.heldout_kfold[:, 0])
+    np.testing.assert_array_equal(a.energy_at(1, "kfold"), met.heldout.kfold[:, 0])
     doc = json.loads(json.dumps(a.to_json()))
     assert doc["schema"] == "subspace-explorer/analysis/1"
     assert len(doc["metrics"]["energy_one_mean"]) == met.energy_one.shape[1]
     if mode != "model":
-        assert met.group_names == ["t0", "t1", "t2"] and met.group_overlap.shape == (3, 3)
+        assert met.groups.names == ["t0", "t1", "t2"] and met.groups.overlap.shape == (3, 3)
         assert met.coords.shape == (n, min(8, met.energy_two.shape[1]) ** 2)
         # The planted rank-2 output space is shared: held-out coverage at k=2 is high.
         if mode == "out":
@@ -103,10 +104,15 @@ def test_factored_metrics_equal_dense_metrics(mode, center):
     mo = MetricsOptions(folds=3, loo="on", null_draws=0, k_angles=2)
     fm = compute_metrics(lambda: iter(factors), len(factors), (11, 8), sp.basis, so, mo)
     dm = compute_metrics(lambda: iter(dense), len(dense), (11, 8), sp.basis, so, mo)
-    for name in ("norms2", "energy_one", "energy_two", "coords", "heldout_kfold", "heldout_loo",
-                 "mean_kfold_captured", "mean_loo_error", "kernel", "own_overlap"):
-        a, b = getattr(fm, name), getattr(dm, name)
+    for name in ("norms2", "energy_one", "energy_two", "coords", "heldout.kfold", "heldout.loo",
+                 "heldout.mean_kfold_captured", "heldout.mean_loo_error", "kernel", "overlaps.own"):
+        a, b = _part(fm, name), _part(dm, name)
         if b is None:
             assert a is None, name
             continue
         np.testing.assert_allclose(a, b, atol=1e-9, rtol=1e-9, err_msg=name)
+
+
+def _part(metrics, path: str):
+    """``metrics.heldout.kfold`` for ``"heldout.kfold"``; None when a part is absent."""
+    return reduce(lambda obj, name: None if obj is None else getattr(obj, name), path.split("."), metrics)

@@ -120,26 +120,26 @@ def test_model_and_group_angles_in_metrics():
     labels = [{"group": "ab"[i % 2]} for i in range(6)]
     met = compute_metrics(opener, 6, (15, 8), sp.basis, so, MetricsOptions(k_angles=2, null_draws=0), labels)
     # Every model lives in the same planted plane: all overlaps ~1.
-    assert met.own_overlap.shape == (6, 6)
-    assert met.own_overlap.min() > 0.99 and met.own_vs_universal.min() > 0.99
-    assert met.own_cosines.shape == (6, 2) and met.own_cosines.min() > 0.99
+    assert met.overlaps.own.shape == (6, 6)
+    assert met.overlaps.own.min() > 0.99 and met.overlaps.vs_universal.min() > 0.99
+    assert met.overlaps.cosines.shape == (6, 2) and met.overlaps.cosines.min() > 0.99
     for i, w in enumerate(ws):
         ref = overlap(top_left_basis(w, 2), top_left_basis(ws[0], 2))
-        assert met.own_overlap[i, 0] == pytest.approx(ref, abs=1e-10)
-    assert met.group_names == ["a", "b"] and met.group_by == "group"
-    assert met.group_overlap[0, 1] > 0.99
-    assert np.all((met.group_vs_universal >= 0) & (met.group_vs_universal <= 1))
+        assert met.overlaps.own[i, 0] == pytest.approx(ref, abs=1e-10)
+    assert met.groups.names == ["a", "b"] and met.groups.by == "group"
+    assert met.groups.overlap[0, 1] > 0.99
+    assert np.all((met.groups.vs_universal >= 0) & (met.groups.vs_universal <= 1))
 
 
 def test_randomized_own_subspace_is_accurate_and_deterministic(monkeypatch):
-    from explorer.metrics import sidemat
+    from explorer.core import lowrank
 
-    monkeypatch.setattr(sidemat, "_EXACT_SVD_SIDE", 16)  # force the randomized path on a small matrix
+    monkeypatch.setattr(lowrank, "_EXACT_SVD_SIDE", 16)  # force the randomized path on a small matrix
     rng = np.random.default_rng(8)
     w = rng.standard_normal((120, 100)) @ np.diag(np.linspace(3, 0.1, 100))
-    a = sidemat.SideMatrix(dense=torch.from_numpy(w)).left_basis(6)
+    a = lowrank.LowRank(torch.from_numpy(w)).left_basis(6)
     torch.randn(3)  # the global generator's state must not matter
-    b = sidemat.SideMatrix(dense=torch.from_numpy(w)).left_basis(6)
+    b = lowrank.LowRank(torch.from_numpy(w)).left_basis(6)
     np.testing.assert_array_equal(a, b)
     # Slowly (linearly) decaying spectrum, the hard case: cosines to the exact subspace > 0.999.
     assert principal_cosines(a, top_left_basis(w, 6)).min() > 0.999

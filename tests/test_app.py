@@ -8,8 +8,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import explorer
+from explorer.sources import policy
 from explorer.zoo import planted
 from tests.helpers import figure_json, trace
+from ui.progress import format_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
@@ -88,7 +90,7 @@ def test_spectrum_page_null_band_and_layer_views():
     figs = list(charts(at).values())
     scree = figs[0]
     med = trace(scree, "null median")["y"]
-    np.testing.assert_allclose(med, res.metrics.null_evr_median[: len(med)], rtol=1e-9)
+    np.testing.assert_allclose(med, res.metrics.null.evr_median[: len(med)], rtol=1e-9)
     overlay = figs[1]
     assert [t["name"] for t in overlay["data"] if not t["name"].startswith("null")] == ["layers.0", "layers.1", "layers.2"]
     heat = figs[2]
@@ -108,7 +110,7 @@ def test_overlap_page_heatmap_is_square_and_symmetric():
     np.testing.assert_allclose(z, z.T, atol=1e-12)
     np.testing.assert_allclose(np.diag(z), 1.0, atol=1e-9)
     res = explorer.analyze(explorer.load_family("zoo:planted"), "layers.0", options=explorer.SpectralOptions(mode="in"))
-    np.testing.assert_allclose(z, res.metrics.own_overlap, atol=1e-9)
+    np.testing.assert_allclose(z, res.metrics.overlaps.own, atol=1e-9)
     layers = next(f for t, f in figs.items() if t.startswith("Layer × layer"))
     # layers.0 and layers.2 both have 48 in-features; layers.1 (64) is not comparable.
     assert list(layers["data"][0]["y"]) == ["layers.0", "layers.2"]
@@ -168,5 +170,47 @@ def test_families_overlaid_and_compared():
     z = np.asarray(fam["data"][0]["z"], dtype=float)
     assert z.shape == (2, 2) and z[0, 1] == pytest.approx(z[1, 0]) and 0 <= z[0, 1] <= 1
     # k from the URL sets the size of each model's own subspace
-    model = next(f for t, f in charts(at).items() if t.startswith("Model × model"))
     assert "top-4" in next(t for t in charts(at) if t.startswith("Model × model"))
+
+
+def test_a_miss_shows_progress_and_a_hit_draws_nothing(family_factory, monkeypatch, tmp_path):
+    # A fresh cache root: the first run must compute (and say so), the rerun reads the disk cache.
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    folder = family_factory("fresh", {f"m{i}": {"layers.0.weight": rng.standard_normal((10, 7))} for i in range(5)},
+                            {f"m{i}": {"group": "ab"[i % 2]} for i in range(5)})
+    at = start("pages/4_Generalization.py", source=str(folder), layer="layers.0")
+    assert not at.exception and not at.error
+    kind = at.sidebar.radio(key="w_kind")
+    assert kind.value == policy.SOURCE_KIND_LABELS[policy.source_kind(str(folder))] == "Local path"
+    assert list(kind.options) == list(policy.SOURCE_KIND_LABELS.values())
+    assert [(s.label, s.state) for s in at.status] == [("layers.0 decomposed", "complete")]
+    at.run()
+    assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 1
+    assert not at.status
+
+
+def test_status_progress_shows_each_phase_with_time_left():
+    def script():
+        from ui.progress import StatusProgress
+
+        with StatusProgress("Working…", "all done") as progress:
+            for i in range(1, 5):
+                progress(i, 10, "reading")
+        try:
+            with StatusProgress("Failing…", "never shown") as progress:
+                progress(1, 2, "reading")
+                raise ValueError("boom")
+        except ValueError:
+            pass
+        with StatusProgress("Silent…", "nothing computed"):
+            pass
+
+    at = AppTest.from_function(script).run()
+    assert not at.exception
+    # The silent one (no progress reported, like a cache hit) drew no box.
+    assert [(s.label, s.state) for s in at.status] == [("all done", "complete"), ("Failing… failed", "error")]
+    bar = at.status[0].get("progress")[0]
+    # The first call of a phase starts its clock; later ones extrapolate the phase's rate.
+    assert bar.proto.text.startswith("reading: 4/10 · about ") and bar.proto.text.endswith(" left")
+    assert format_seconds(0.2) == "1 s" and format_seconds(90) == "90 s" and format_seconds(600) == "10 min"

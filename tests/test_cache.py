@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_miss_then_hit_identical(fam_dir, tmp_path):
     assert a.cache_key == b.cache_key == cache_key(str(fam_dir), "layers.0", metrics=MO)
     assert len(_entries(tmp_path)) == 1
     np.testing.assert_array_equal(a.spectrum.eigenvalues, b.spectrum.eigenvalues)
-    np.testing.assert_array_equal(a.metrics.heldout_kfold, b.metrics.heldout_kfold)
+    np.testing.assert_array_equal(a.metrics.heldout.kfold, b.metrics.heldout.kfold)
     assert a.to_json() | {"cache_key": None} == b.to_json() | {"cache_key": None}
 
 
@@ -67,8 +68,8 @@ def test_repeated_uncached_runs_are_identical(fam_dir):
     a = analyze(fam, "layers.0", metrics=MO)
     b = analyze(fam, "layers.0", metrics=MO)
     np.testing.assert_array_equal(a.spectrum.basis, b.spectrum.basis)
-    for name in ("energy_one", "energy_two", "coords", "heldout_kfold", "null_cum_median", "own_overlap"):
-        np.testing.assert_array_equal(getattr(a.metrics, name), getattr(b.metrics, name))
+    for name in ("energy_one", "energy_two", "coords", "heldout.kfold", "null.cum_median", "overlaps.own"):
+        np.testing.assert_array_equal(attrgetter(name)(a.metrics), attrgetter(name)(b.metrics))
 
 
 def test_corrupted_entry_is_recomputed(fam_dir, tmp_path):
@@ -111,9 +112,9 @@ def test_result_io_roundtrip(fam_dir, tmp_path):
     b = result_io.load(str(path))
     assert b.group == a.group and b.options == a.options and b.metrics_options == a.metrics_options
     assert b.labels == a.labels and b.models == a.models
-    assert b.metrics.group_names == a.metrics.group_names and b.metrics.notes == a.metrics.notes
+    assert b.metrics.groups.names == a.metrics.groups.names and b.metrics.notes == a.metrics.notes
     assert b.metrics.mp_edge_evr == a.metrics.mp_edge_evr
-    np.testing.assert_array_equal(b.metrics.folds, a.metrics.folds)
+    np.testing.assert_array_equal(b.metrics.heldout.folds, a.metrics.heldout.folds)
     np.testing.assert_array_equal(b.spectrum.basis, a.spectrum.basis)
     assert b.to_json() == a.to_json()
     path.write_bytes(path.read_bytes()[:-3])
@@ -183,3 +184,26 @@ def test_analyze_cached_accepts_a_loaded_family(fam_dir):
     a = analyze_cached(fam, "layers.0", metrics=MO)
     b = analyze_cached(str(fam_dir), "layers.0", metrics=MO)
     assert not a.from_cache and b.from_cache and a.cache_key == b.cache_key
+
+
+def test_swapped_entries_are_recomputed_not_served(fam_dir, tmp_path):
+    """A valid entry of another key copied onto this key's file is caught: the key is in the payload."""
+    out_mode = analyze_cached(str(fam_dir), "layers.0", metrics=MO)
+    in_mode = analyze_cached(str(fam_dir), "layers.0", options=SpectralOptions(mode="in"), metrics=MO)
+    cache = ResultCache()
+    p_out, p_in = cache.path(out_mode.cache_key), cache.path(in_mode.cache_key)
+    blob_out, blob_in = p_out.read_bytes(), p_in.read_bytes()
+    assert decode(blob_out) is not None and decode(blob_in) is not None  # each is intact on its own
+    assert decode(blob_out, out_mode.cache_key) is not None and decode(blob_out, in_mode.cache_key) is None
+    p_out.write_bytes(blob_in)
+    p_in.write_bytes(blob_out)
+    calls: list[str] = []
+    again_out = analyze_cached(str(fam_dir), "layers.0", metrics=MO, progress=_counting(calls))
+    assert not again_out.from_cache and calls and again_out.spectrum.mode == "out"
+    np.testing.assert_array_equal(again_out.spectrum.eigenvalues, out_mode.spectrum.eigenvalues)
+    again_in = analyze_cached(str(fam_dir), "layers.0", options=SpectralOptions(mode="in"), metrics=MO)
+    assert not again_in.from_cache and again_in.spectrum.mode == "in"
+    np.testing.assert_array_equal(again_in.spectrum.eigenvalues, in_mode.spectrum.eigenvalues)
+    # Rewritten for their own keys: served as hits from now on.
+    assert analyze_cached(str(fam_dir), "layers.0", metrics=MO).from_cache
+    assert decode(p_out.read_bytes(), out_mode.cache_key) is not None

@@ -91,7 +91,7 @@ def test_damaged_entry_is_recomputed_not_served(tmp_path, damage):
 
     got, hit = cache.get_or_compute(w.key(1), compute)
     assert calls == [1] and not hit
-    assert p.read_bytes() == encode(arrays, meta)
+    assert p.read_bytes() == encode(arrays, meta, w.key(1))
     assert np.array_equal(got[0]["a"], arrays["a"]) and got[1] == meta
 
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import explorer.sources.readers as readers
 from explorer import load_family
 from explorer.catalog.groups import build_catalog, module_type_of
+from tests.helpers import write_adapter
 
 
 def _rchar() -> int:
@@ -19,16 +19,9 @@ def _rchar() -> int:
 
 def _adapters(root, n: int, r: int = 8, width: int = 1024) -> None:
     for i in range(n):
-        d = root / f"ad{i:02d}"
-        d.mkdir(parents=True)
-        (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r}))
-        sd = {}
-        for layer in range(4):
-            for proj, m in (("q_proj", width), ("k_proj", width // 4)):
-                pre = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
-                sd[f"{pre}.lora_A.weight"] = torch.randn(r, width)
-                sd[f"{pre}.lora_B.weight"] = torch.randn(m, r)
-        save_file(sd, str(d / "adapter_model.safetensors"))
+        factors = {f"model.layers.{layer}.self_attn.{proj}": (torch.randn(r, width), torch.randn(m, r))
+                   for layer in range(4) for proj, m in (("q_proj", width), ("k_proj", width // 4))}
+        write_adapter(root / f"ad{i:02d}", factors, r, 2 * r)
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")

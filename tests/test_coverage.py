@@ -15,6 +15,7 @@ from explorer.engine.options import SpectralOptions
 from explorer.metrics.heldout import fold_assignment, kernel_heldout, mean_only
 from explorer.metrics.passes import compute_metrics
 from explorer.metrics.results import MetricsOptions
+from tests.helpers import center_offset, reference_spectrum, unfolding
 
 TOL = 1e-10
 
@@ -26,20 +27,10 @@ def _run(ws, mode, center, mopts):
     return compute_metrics(opener, len(ws), ws[0].shape, sp.basis, so, mopts)
 
 
-def _z(xs, center):
-    s = sum(xs)
-    if center == "model":
-        return s / len(xs)
-    if center == "vector":
-        return np.repeat(s.sum(axis=1, keepdims=True) / (len(xs) * s.shape[1]), s.shape[1], axis=1)
-    return np.zeros_like(s)
-
-
 def _scratch_curve(train, test_x, center, kk):
     """Captured-energy curve of one held-out side matrix by the basis refitted on ``train``."""
-    z = _z(train, center)
-    u = np.linalg.svd(np.concatenate([x - z for x in train], axis=1))[0]
-    x = test_x - z
+    u = reference_spectrum(train, "out", center)[1]
+    x = test_x - center_offset(train, center)
     tot = (x**2).sum()
     return np.array([((u[:, :k].T @ x) ** 2).sum() / tot for k in range(1, kk + 1)])
 
@@ -55,39 +46,38 @@ def test_kfold_and_loo_equal_scratch(mode, center):
     ws = _family()
     met = _run(ws, mode, center, MetricsOptions(folds=3, loo="on", null_draws=0, seed=5))
     xs = [w if mode == "out" else w.T for w in ws]
-    kk = met.heldout_kfold.shape[1]
+    kk = met.heldout.kfold.shape[1]
     assert kk == xs[0].shape[0]
-    np.testing.assert_array_equal(met.folds, fold_assignment(len(ws), 3, 5))
+    np.testing.assert_array_equal(met.heldout.folds, fold_assignment(len(ws), 3, 5))
     for i, x in enumerate(xs):
-        train = [xs[j] for j in range(len(xs)) if met.folds[j] != met.folds[i]]
-        np.testing.assert_allclose(met.heldout_kfold[i], _scratch_curve(train, x, center, kk), atol=TOL)
+        train = [xs[j] for j in range(len(xs)) if met.heldout.folds[j] != met.heldout.folds[i]]
+        np.testing.assert_allclose(met.heldout.kfold[i], _scratch_curve(train, x, center, kk), atol=TOL)
         loo = [xs[j] for j in range(len(xs)) if j != i]
-        np.testing.assert_allclose(met.heldout_loo[i], _scratch_curve(loo, x, center, kk), atol=TOL)
+        np.testing.assert_allclose(met.heldout.loo[i], _scratch_curve(loo, x, center, kk), atol=TOL)
         # Mean-only baseline: raw W_i against the held-out models' mean.
         mu = sum(loo) / len(loo)
         cap = (x * mu).sum() ** 2 / ((mu**2).sum() * (x**2).sum())
-        assert met.mean_loo_captured[i] == pytest.approx(cap, abs=TOL)
-        assert met.mean_loo_error[i] == pytest.approx(np.linalg.norm(x - mu) / np.linalg.norm(x), abs=TOL)
+        assert met.heldout.mean_loo_captured[i] == pytest.approx(cap, abs=TOL)
+        assert met.heldout.mean_loo_error[i] == pytest.approx(np.linalg.norm(x - mu) / np.linalg.norm(x), abs=TOL)
         muf = sum(train) / len(train)
-        assert met.mean_kfold_error[i] == pytest.approx(np.linalg.norm(x - muf) / np.linalg.norm(x), abs=TOL)
+        assert met.heldout.mean_kfold_error[i] == pytest.approx(np.linalg.norm(x - muf) / np.linalg.norm(x), abs=TOL)
 
 
 @pytest.mark.parametrize("center", ["none", "model"])
 def test_model_mode_heldout_equals_scratch(center):
     ws = _family(n=8, m=4, e=3)
     met = _run(ws, "model", center, MetricsOptions(folds=4, loo="on", null_draws=0))
-    x = np.stack([w.reshape(-1) for w in ws])
-    kk = met.heldout_loo.shape[1]
+    x = unfolding(ws, "model")
+    kk = met.heldout.loo.shape[1]
     for i in range(len(ws)):
         tr = np.delete(x, i, axis=0)
-        mu = tr.mean(axis=0) if center != "none" else np.zeros(x.shape[1])
-        vt = np.linalg.svd(tr - mu, full_matrices=False)[2]
-        s = np.linalg.svd(tr - mu, compute_uv=False)
+        mu = center_offset(tr, center)  # the training models' mean row
+        _, s, vt = np.linalg.svd(tr - mu, full_matrices=False)
         vt = vt[s > 1e-10 * s[0]]
         y = x[i] - mu
         ref = np.cumsum((vt @ y) ** 2) / (y**2).sum()
         ref = np.concatenate([ref, np.full(kk - len(ref), ref[-1])])[:kk]
-        np.testing.assert_allclose(met.heldout_loo[i], ref, atol=TOL)
+        np.testing.assert_allclose(met.heldout.loo[i], ref, atol=TOL)
 
 
 def test_kernel_heldout_direct():
@@ -127,12 +117,12 @@ def test_planted_coverage_high_and_gaussian_null_low():
     mo = MetricsOptions(folds=5, loo="on", null_draws=4)
     p = _run(planted, "out", "none", mo)
     g = _run(noise, "out", "none", mo)
-    assert p.heldout_kfold[:, k - 1].min() > 0.9
-    assert p.heldout_loo[:, k - 1].min() > 0.9
+    assert p.heldout.kfold[:, k - 1].min() > 0.9
+    assert p.heldout.loo[:, k - 1].min() > 0.9
     # Gaussian models: a fitted k-dim subspace captures about k/m of a new model (+ fitting noise).
-    assert g.heldout_kfold[:, k - 1].mean() < 2 * k / m
-    assert g.heldout_loo[:, k - 1].mean() < 2 * k / m
+    assert g.heldout.kfold[:, k - 1].mean() < 2 * k / m
+    assert g.heldout.loo[:, k - 1].mean() < 2 * k / m
     # In-sample coverage of the null overfits: it exceeds its held-out coverage.
-    assert g.energy_one[:, k - 1].mean() > g.heldout_kfold[:, k - 1].mean()
+    assert g.energy_one[:, k - 1].mean() > g.heldout.kfold[:, k - 1].mean()
     # The planted family's curve sits far above the null band; the Gaussian family's within it.
-    assert p.energy_one[:, k - 1].mean() > p.null_cum_hi[k - 1] + 0.5
+    assert p.energy_one[:, k - 1].mean() > p.null.cum_hi[k - 1] + 0.5

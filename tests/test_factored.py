@@ -13,38 +13,19 @@ from explorer.core.errors import InputError
 from explorer.engine.dense import decompose
 from explorer.engine.factored import decompose_factored
 from explorer.engine.options import CENTERS, MODES, SpectralOptions
-from tests.test_spectral_engine import reference
+from tests.helpers import dense_deltas, lora_factors, reference_spectrum
 
 RTOL = 1e-10
-
-
-def lora_family(n=8, m=14, k=11, ranks=(1, 2, 3), seed=0, shared=False):
-    """Adapters with mixed ranks and scales; ``shared`` makes them share a dominant direction."""
-    rng = np.random.default_rng(seed)
-    out = []
-    common_b = rng.standard_normal((m, 1)) * 5
-    for i in range(n):
-        r = ranks[i % len(ranks)]
-        b = rng.standard_normal((m, r))
-        a = rng.standard_normal((r, k))
-        if shared:
-            b[:, :1] = common_b
-        out.append((torch.tensor(b), torch.tensor(a), float(rng.uniform(0.5, 2.0))))
-    return out
-
-
-def dense(factors):
-    return [s * (b @ a).numpy() for b, a, s in factors]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("center", CENTERS)
 @pytest.mark.parametrize("n", [3, 12])  # 3: thin (sum r_i < d/2) path; 12: stacked Gram path
 def test_factored_matches_dense_scipy(mode, center, n):
-    fs = lora_family(n=n, seed=n)
-    ws = dense(fs)
+    fs = lora_factors(n=n, seed=n)
+    ws = dense_deltas(fs)
     sp = decompose_factored(fs, n, (14, 11), SpectralOptions(mode=mode, center=center))
-    ref_vals, ref_vecs = reference(ws, mode, center)
+    ref_vals, ref_vecs = reference_spectrum(ws, mode, center)
     k = len(ref_vals)
     assert np.allclose(sp.eigenvalues[:k], ref_vals, rtol=0, atol=RTOL * ref_vals[0])
     assert np.all(np.abs(sp.eigenvalues[k:]) <= RTOL * ref_vals[0])
@@ -59,8 +40,8 @@ def test_factored_matches_dense_scipy(mode, center, n):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_factored_equals_dense_engine(mode):
-    fs = lora_family(n=10, shared=True, seed=5)
-    ws = [torch.tensor(w) for w in dense(fs)]
+    fs = lora_factors(n=10, shared=True, seed=5)
+    ws = [torch.tensor(w) for w in dense_deltas(fs)]
     for center in CENTERS:
         opts = SpectralOptions(mode=mode, center=center)
         f = decompose_factored(fs, 10, (14, 11), opts)
@@ -71,36 +52,36 @@ def test_factored_equals_dense_engine(mode):
 
 
 def test_factored_trace_invariant():
-    fs = lora_family(n=9, seed=6)
-    fro = sum(float((w**2).sum()) for w in dense(fs))
+    fs = lora_factors(n=9, seed=6)
+    fro = sum(float((w**2).sum()) for w in dense_deltas(fs))
     for mode in MODES:
         assert np.isclose(decompose_factored(fs, 9, (14, 11), SpectralOptions(mode=mode)).total, fro, rtol=1e-12)
 
 
 def test_factored_large_total_rank_densifies_mean():
     # sum r_i > min(m, n)/2: the mean is folded into a dense m x n sum; still exact.
-    fs = lora_family(n=20, m=10, k=9, ranks=(4, 5), seed=7)
-    ws = dense(fs)
+    fs = lora_factors(n=20, m=10, k=9, ranks=(4, 5), seed=7)
+    ws = dense_deltas(fs)
     for mode in ("out", "in"):
         sp = decompose_factored(fs, 20, (10, 9), SpectralOptions(mode=mode, center="model"))
-        ref_vals, _ = reference(ws, mode, "model")
+        ref_vals, _ = reference_spectrum(ws, mode, "model")
         assert np.allclose(sp.eigenvalues[: len(ref_vals)], ref_vals, rtol=0, atol=RTOL * ref_vals[0])
 
 
 def test_factored_opener_and_determinism():
-    fs = lora_family(n=6, seed=8)
+    fs = lora_factors(n=6, seed=8)
     a = decompose_factored(lambda: iter(fs), 6, (14, 11), SpectralOptions(center="vector"))
     b = decompose_factored(fs, 6, (14, 11), SpectralOptions(center="vector"))
     assert np.array_equal(a.eigenvalues, b.eigenvalues) and np.array_equal(a.basis, b.basis)
 
 
 def test_factored_float32_within_tolerance():
-    fs = lora_family(n=12, seed=9)
+    fs = lora_factors(n=12, seed=9)
     f32 = [(b.float(), a.float(), s) for b, a, s in fs]
-    ws = dense([(b.double(), a.double(), s) for b, a, s in f32])
+    ws = dense_deltas([(b.double(), a.double(), s) for b, a, s in f32])
     for mode in MODES:
         sp = decompose_factored(f32, 12, (14, 11), SpectralOptions(mode=mode, dtype="float32"))
-        ref_vals, _ = reference(ws, mode, "none")
+        ref_vals, _ = reference_spectrum(ws, mode, "none")
         assert np.allclose(sp.eigenvalues[: len(ref_vals)], ref_vals, rtol=0, atol=1e-5 * ref_vals[0])
 
 
@@ -111,4 +92,4 @@ def test_factored_bad_input():
     with pytest.raises(InputError, match="scale"):
         decompose_factored([(torch.zeros(14, 2), torch.zeros(2, 11), float("nan"))], 1, (14, 11), SpectralOptions())
     with pytest.raises(InputError, match="expected 2 adapters"):
-        decompose_factored(lora_family(n=1), 2, (14, 11), SpectralOptions())
+        decompose_factored(lora_factors(n=1), 2, (14, 11), SpectralOptions())

@@ -36,17 +36,17 @@ def planted_res():
 
 def test_scree_with_null_band(planted_res):
     m = planted_res.metrics
-    fig = data(scree_figure(planted_res.spectrum, 0.9, null_evr=(m.null_evr_median, m.null_evr_lo, m.null_evr_hi),
+    fig = data(scree_figure(planted_res.spectrum, 0.9, null=m.null,
                             mp_edge_evr=m.mp_edge_evr))
     med = trace(fig, "null median")["y"]
-    np.testing.assert_allclose(med, m.null_evr_median[: len(med)], rtol=1e-12)
+    np.testing.assert_allclose(med, m.null.evr_median[: len(med)], rtol=1e-12)
     band = trace(fig, "null 5–95 %")["y"]
     n = len(med)
-    np.testing.assert_allclose(band[:n], m.null_evr_hi[:n])
-    np.testing.assert_allclose(band[n:], m.null_evr_lo[:n][::-1])
+    np.testing.assert_allclose(band[:n], m.null.evr_hi[:n])
+    np.testing.assert_allclose(band[n:], m.null.evr_lo[:n][::-1])
     # The planted directions stand far above the null; the noise directions do not.
-    assert planted_res.spectrum.evr[3] > 5 * m.null_evr_hi[3]
-    assert planted_res.spectrum.evr[10] < m.null_evr_median[10]
+    assert planted_res.spectrum.evr[3] > 5 * m.null.evr_hi[3]
+    assert planted_res.spectrum.evr[10] < m.null.evr_median[10]
 
 
 def test_cumulative_overlay_and_heatmap():
@@ -62,17 +62,17 @@ def test_cumulative_overlay_and_heatmap():
 
 def test_overlap_views(planted_res):
     m = planted_res.metrics
-    fig = data(overlap_heatmap_figure(m.own_overlap, planted_res.models, title="t", expectation=0.1))
+    fig = data(overlap_heatmap_figure(m.overlaps.own, planted_res.models, title="t", expectation=0.1))
     z = np.asarray(fig["data"][0]["z"], dtype=float)
     n = len(planted_res.models)
     assert z.shape == (n, n)
     np.testing.assert_allclose(z, z.T, atol=1e-12)
     assert (z >= 0).all() and (z <= 1 + 1e-12).all()
-    ang = data(angle_distribution_figure(m.own_cosines, random_angles=random_principal_angles(64, 8)))
+    ang = data(angle_distribution_figure(m.overlaps.cosines, random_angles=random_principal_angles(64, 8)))
     x = trace(ang, "all angles")["x"]
-    assert len(x) == m.own_cosines.size and (x >= 0).all() and (x <= 90).all()
-    bars = data(universal_overlap_figure(planted_res.models, m.own_vs_universal, ["g"] * n, expectation=0.1))
-    np.testing.assert_allclose(np.sort(bars["data"][0]["y"])[::-1], np.sort(m.own_vs_universal)[::-1])
+    assert len(x) == m.overlaps.cosines.size and (x >= 0).all() and (x <= 90).all()
+    bars = data(universal_overlap_figure(planted_res.models, m.overlaps.vs_universal, ["g"] * n, expectation=0.1))
+    np.testing.assert_allclose(np.sort(bars["data"][0]["y"])[::-1], np.sort(m.overlaps.vs_universal)[::-1])
 
 
 def test_random_principal_angles_mean_cos2_is_k_over_d():

@@ -6,8 +6,6 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from explorer import cli
 from explorer.core.errors import OptionError
@@ -18,6 +16,7 @@ from explorer.pipeline.analyze import analyze, analyze_cached
 from explorer.pipeline.cache import ResultCache
 from explorer.sources import readers
 from explorer.sources.resolve import load_family
+from tests.helpers import write_family
 
 GiB = 1 << 30
 
@@ -91,11 +90,7 @@ def test_check_refuses_with_estimate_and_cheaper_mode():
 def family(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
-    (tmp_path / "fam").mkdir()
-    for i in range(4):
-        save_file({"layers.0.weight": torch.tensor(rng.standard_normal((40, 30)), dtype=torch.float32)},
-                  str(tmp_path / "fam" / f"m{i}.safetensors"))
-    return tmp_path / "fam"
+    return write_family(tmp_path / "fam", {f"m{i}": rng.standard_normal((40, 30)) for i in range(4)})
 
 
 def test_analysis_refused_before_any_tensor_is_read(family, monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ from explorer.engine.dense import decompose
 from explorer.engine.options import SpectralOptions
 from explorer.metrics.passes import compute_metrics
 from explorer.metrics.results import MetricsOptions, energy_at
+from tests.helpers import centered_sides, reference_gram, reference_spectrum, unfolding
 
 TOL = 1e-10
 
@@ -32,27 +33,15 @@ def _run(ws, mode, center, mopts=MetricsOptions(null_draws=2), progress=None):
     return sp, met
 
 
-def _centered_side(ws, mode, center):
-    xs = [w if mode == "out" else w.T for w in ws]
-    s = sum(xs)
-    if center == "model":
-        z = s / len(xs)
-    elif center == "vector":
-        z = np.repeat(s.sum(axis=1, keepdims=True) / (len(xs) * s.shape[1]), s.shape[1], axis=1)
-    else:
-        z = np.zeros_like(s)
-    return [x - z for x in xs]
-
-
 @pytest.mark.parametrize("mode", ["out", "in"])
 @pytest.mark.parametrize("center", ["none", "model", "vector"])
 def test_energies_and_coordinates_match_numpy(mode, center):
     ws = _family()
     sp, met = _run(ws, mode, center)
-    xs = _centered_side(ws, mode, center)
+    xs = centered_sides(ws, mode, center)
     # Reference bases from an explicit SVD of the two unfoldings of the centered matrices.
-    u = np.linalg.svd(np.concatenate(xs, axis=1))[0]
-    v = np.linalg.svd(np.concatenate([x.T for x in xs], axis=1))[0]
+    u = reference_spectrum(ws, mode, center)[1]
+    v = reference_spectrum([x.T for x in xs], "out")[1]
     assert np.allclose(np.abs(sp.basis.T @ u[:, : sp.basis.shape[1]]).max(axis=1), 1, atol=1e-8)
     kk = met.energy_one.shape[1]
     for i, x in enumerate(xs):
@@ -80,11 +69,9 @@ def test_energies_and_coordinates_match_numpy(mode, center):
 def test_model_mode_curves_and_scores(center):
     ws = _family(n=8, m=5, k=4)
     sp, met = _run(ws, "model", center)
-    x = np.stack([w.reshape(-1) for w in ws])
-    if center != "none":
-        x = x - x.mean(axis=0)
+    x = unfolding(ws, "model", center)
     uu, s, vt = np.linalg.svd(x, full_matrices=False)
-    np.testing.assert_allclose(met.kernel, x @ x.T, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(met.kernel, reference_gram(ws, "model", center), rtol=1e-12, atol=1e-9)
     for i in range(len(ws)):
         tot = (x[i] ** 2).sum()
         ref = np.cumsum((x[i] @ vt.T) ** 2) / tot
@@ -97,8 +84,8 @@ def test_model_mode_curves_and_scores(center):
 def test_kernel_scores_in_side_modes_match_numpy():
     ws = _family(n=5, m=4, k=3)
     _, met = _run(ws, "out", "model")
-    xs = np.stack([x.reshape(-1) for x in _centered_side(ws, "out", "model")])
-    np.testing.assert_allclose(met.kernel, xs @ xs.T, rtol=1e-12, atol=1e-10)
+    kernel = reference_gram(centered_sides(ws, "out", "model"), "model")
+    np.testing.assert_allclose(met.kernel, kernel, rtol=1e-12, atol=1e-10)
 
 
 def test_k_table_matches_spectrum():
@@ -152,18 +139,17 @@ def test_memory_budget_skips_with_notes(monkeypatch):
     text = " ".join(met.notes)
     for phrase in ("k-fold coverage skipped", "group angles skipped", "two-sided energies", "null band skipped"):
         assert phrase in text
-    assert met.heldout_kfold is None and met.energy_two is None and met.coords is None and met.group_overlap is None
-    assert met.null_cum_median is None and 0 < met.mp_edge_evr < 1
+    assert met.heldout.kfold is None and met.energy_two is None and met.coords is None and met.groups is None
+    assert met.null is None and 0 < met.mp_edge_evr < 1
     assert met.energy_one.shape == (3, 4)
 
 
 def test_model_mode_kernel_by_slices_equals_stack():
-    # max_memory_mb=1 forces the sliced passes for a 6 x 200x200 family (1.9 MiB stacked).
+    # max_memory_mb=1 forces the row-block passes for a 6 x 200x200 family (1.9 MiB stacked).
     rng = np.random.default_rng(6)
     ws = [rng.standard_normal((200, 200)) for _ in range(6)]
     calls = []
     _, sliced = _run(ws, "model", "none", MetricsOptions(max_memory_mb=1, null_draws=0),
-                     progress=lambda d, t, label: calls.append(label))
-    x = np.stack([w.reshape(-1) for w in ws])
-    np.testing.assert_allclose(sliced.kernel, x @ x.T, rtol=1e-12)
-    assert any("slice 2/" in label for label in calls)
+                     progress=lambda d, t, label: calls.append((label, d, t)))
+    np.testing.assert_allclose(sliced.kernel, reference_gram(ws, "model"), rtol=1e-12)
+    assert any("row-blocks" in label and d == 2 and t > 1 for label, d, t in calls)

@@ -10,28 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from explorer.core.errors import InputError
 from explorer.sources import policy as security
 from explorer.sources.resolve import load_family
+from tests.helpers import write_family
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _model(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"layers.0.weight": torch.randn(4, 3)}, str(path))
-    return path
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     """Server mode with one allowed root ``tmp/allowed`` and a family ``fam`` in it; ``tmp/outside`` beside it."""
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
-    for i in range(2):
-        _model(allowed / "fam" / f"m{i}.safetensors")
-        _model(outside / "fam" / f"m{i}.safetensors")
+    for root in (allowed, outside):
+        write_family(root / "fam", {f"m{i}": torch.randn(4, 3).numpy() for i in range(2)})
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("EXPLORER_SERVER_MODE", "1")
@@ -44,7 +37,7 @@ def test_off_by_default(monkeypatch, tmp_path):
     monkeypatch.delenv("EXPLORER_SERVER_MODE", raising=False)
     assert not security.server_mode()
     assert security.allowed_source_kinds() == ("zoo", "local", "hub", "upload")
-    _model(tmp_path / "f" / "a.safetensors")
+    write_family(tmp_path / "f", {"a": torch.randn(4, 3).numpy()})
     assert len(load_family(str(tmp_path / "f"))) == 1
 
 
@@ -148,7 +141,7 @@ def _load_calls(tree: ast.AST):
 
 def test_no_unpickling_without_weights_only():
     """Every torch.load in explorer/ (and the app) passes weights_only=True; nothing else unpickles."""
-    files = list((ROOT / "explorer").rglob("*.py")) + [ROOT / "app.py", ROOT / "ui.py"] + list((ROOT / "pages").glob("*.py"))
+    files = list((ROOT / "explorer").rglob("*.py")) + [ROOT / "app.py"] + list((ROOT / "ui").glob("*.py")) + list((ROOT / "pages").glob("*.py"))
     n_torch = 0
     for f in files:
         tree = ast.parse(f.read_text(), str(f))
@@ -174,6 +167,6 @@ def test_streamlit_binds_localhost_with_upload_cap():
 def test_resolved_paths_cannot_escape_by_prefix(server, tmp_path):
     """``/x/allowed-evil`` is not inside ``/x/allowed`` even though the string starts the same."""
     allowed, _ = server
-    _model(tmp_path / "allowed-evil" / "fam" / "m.safetensors")
+    write_family(tmp_path / "allowed-evil" / "fam", {"m": torch.randn(4, 3).numpy()})
     with pytest.raises(InputError, match="outside"):
         load_family(str(tmp_path / "allowed-evil" / "fam"))

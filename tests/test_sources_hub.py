@@ -122,6 +122,7 @@ def test_dense_repo_prefers_safetensors_and_missing_repo_is_named(hub_cache):
     assert [m.name for m in fam.models] == ["org/dense"]
     assert fam.models[0].files[0].endswith("model.safetensors")
     assert fam.skipped and fam.skipped[0].startswith("org/absent: hf:org/absent: is not in the local HF cache")
+    assert (fam.skipped[0].name, fam.skipped[0].path) == ("org/absent", "hf:org/absent")
     with pytest.raises(InputError, match="no usable models"):
         load_family("hf:org/absent")
 

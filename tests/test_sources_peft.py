@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from peft import IA3Config, LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 
@@ -29,6 +29,7 @@ from explorer.catalog.views import (
     merged_delta,
     stream_for_view,
 )
+from tests.helpers import write_adapter
 
 
 class Attn(nn.Module):
@@ -204,3 +205,27 @@ def test_non_lora_and_dora_adapters(tmp_path):
         stream_for_view(fam, g, "dW")
     with pytest.raises(InputError, match="no usable models"):
         load_family(str(root / "models" / "ia3"))
+
+
+def test_helper_adapter_writer_is_peft_layout(tmp_path):
+    """``tests.helpers.write_adapter`` writes what PEFT loads: rank/alpha patterns and rsLoRA included."""
+    base = _base()
+    rng = np.random.default_rng(3)
+    ranks = {f"layers.{i}.self_attn.{p}": 2 if (i, p) == (1, "q_proj") else 4
+             for i in range(3) for p in ("q_proj", "v_proj")}
+    factors = {m: (0.5 * rng.standard_normal((r, 8)), 0.5 * rng.standard_normal((6 if "q_proj" in m else 4, r)))
+               for m, r in ranks.items()}
+    folder = write_adapter(tmp_path / "fam" / "ad", factors, 4, 4, use_rslora=True,
+                           rank_pattern={"layers.1.self_attn.q_proj": 2}, alpha_pattern={"v_proj": 3})
+    pm = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
+    cfg = pm.peft_config["default"]
+    assert (cfg.r, cfg.lora_alpha, cfg.use_rslora) == (4, 4, True)
+    fam = load_family(str(tmp_path / "fam"))
+    cat = build_catalog(fam)
+    for module, (a, b) in factors.items():
+        s = (3 if "v_proj" in module else 4) / np.sqrt(ranks[module])
+        ref = _peft_delta(base, pm, module)
+        exact = s * b.astype(np.float32).astype(np.float64) @ a.astype(np.float32).astype(np.float64)
+        np.testing.assert_allclose(ref, exact, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(merged_delta(fam, find_group(cat, module), "ad").double().numpy(), ref,
+                                   rtol=0, atol=1e-6)

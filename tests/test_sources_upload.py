@@ -16,6 +16,7 @@ from explorer.catalog.groups import build_catalog, find_group
 from explorer.sources.manifest import save_manifest
 from explorer.sources.resolve import load_manifest
 from explorer.sources.upload import family_from_uploads
+from tests.helpers import write_adapter, write_family
 
 
 def _st_bytes(seed: int) -> bytes:
@@ -51,10 +52,10 @@ def test_upload_zip_of_adapter_folders_and_bad_names(cache, tmp_path):
     with zipfile.ZipFile(buf, "w") as zf:
         for i in range(2):
             g = torch.Generator().manual_seed(i)
-            zf.writestr(f"loras/ad{i}/adapter_config.json", json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
-            zf.writestr(f"loras/ad{i}/adapter_model.safetensors", save({
-                "base_model.model.fc.lora_A.weight": torch.randn(2, 6, generator=g),
-                "base_model.model.fc.lora_B.weight": torch.randn(3, 2, generator=g)}))
+            ad = write_adapter(tmp_path / "src" / f"ad{i}", {"fc": (torch.randn(2, 6, generator=g),
+                                                                   torch.randn(3, 2, generator=g))}, 2, 4)
+            for f in ("adapter_config.json", "adapter_model.safetensors"):
+                zf.write(ad / f, f"loras/ad{i}/{f}")
     fam = family_from_uploads([("loras.zip", buf.getvalue())])
     assert [m.name for m in fam.models] == ["ad0", "ad1"] and fam.kind == "lora"
     assert find_group(build_catalog(fam), "fc").shape == (3, 6)
@@ -70,11 +71,8 @@ def test_upload_zip_of_adapter_folders_and_bad_names(cache, tmp_path):
 def test_manifest_round_trip(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d, seeds in ((a, (0, 1)), (b, (2,))):
-        d.mkdir()
-        for s in seeds:
-            g = torch.Generator().manual_seed(s)
-            save_file({"layers.0.weight": torch.randn(5, 4, generator=g)}, str(d / f"m{s}.safetensors"))
-    save_file({"layers.0.weight": torch.zeros(5, 4)}, str(tmp_path / "base.safetensors"))
+        write_family(d, {f"m{s}": torch.randn(5, 4, generator=torch.Generator().manual_seed(s)).numpy() for s in seeds})
+    write_family(tmp_path, {"base": np.zeros((5, 4))})
     man = tmp_path / "fam.yaml"
     man.write_text(yaml.safe_dump({"name": "mix", "sources": ["a", str(b)], "base": "base.safetensors",
                                    "name_regex": r"m(?P<seed>\d)", "labels": {"m2": {"task": "qa"}}}))

@@ -16,29 +16,14 @@ from explorer.core.linalg import eigh_desc
 from explorer.engine.dense import GramAccumulator, decompose
 from explorer.engine.model_gram import model_gram
 from explorer.engine.options import CENTERS, MODES, SpectralOptions, Spectrum
+from tests.helpers import (
+    planted_matrices,
+    reference_gram,
+    reference_spectrum,
+    write_family,
+)
 
 RTOL = 1e-10
-
-
-def unfolding(ws: list[np.ndarray], mode: str, center: str) -> np.ndarray:
-    """The explicitly centered unfolding whose squared singular values the engine returns."""
-    x = np.stack(ws)
-    if center == "model" or (center == "vector" and mode == "model"):
-        x = x - x.mean(axis=0)
-    if mode == "out":
-        u = np.concatenate(list(x), axis=1)
-    elif mode == "in":
-        u = np.concatenate(list(x), axis=0).T
-    else:
-        u = x.reshape(len(ws), -1)
-    if center == "vector" and mode != "model":
-        u = u - u.mean(axis=1, keepdims=True)
-    return u
-
-
-def reference(ws, mode, center):
-    u, s, _ = sl.svd(unfolding(ws, mode, center), full_matrices=False)
-    return s**2, u
 
 
 def random_family(n=6, m=10, k=7, seed=0):
@@ -46,18 +31,8 @@ def random_family(n=6, m=10, k=7, seed=0):
     return [rng.standard_normal((m, k)) for _ in range(n)]
 
 
-def planted_family(n=12, m=20, k=16, rank=3, noise=1e-3, seed=1):
-    """Matrices sharing a rank-`rank` output/input subspace, with strong decaying weights."""
-    rng = np.random.default_rng(seed)
-    u = np.linalg.qr(rng.standard_normal((m, rank)))[0]
-    v = np.linalg.qr(rng.standard_normal((k, rank)))[0]
-    weights = np.array([10.0, 5.0, 2.0])[:rank]
-    return [u @ np.diag(weights * (1 + 0.1 * rng.standard_normal(rank))) @ v.T
-            + noise * rng.standard_normal((m, k)) for _ in range(n)]
-
-
 def check(sp: Spectrum, ws, mode, center, rtol=RTOL):
-    ref_vals, ref_vecs = reference(ws, mode, center)
+    ref_vals, ref_vecs = reference_spectrum(ws, mode, center)
     k = len(ref_vals)
     assert np.allclose(sp.eigenvalues[:k], ref_vals, rtol=0, atol=rtol * ref_vals[0])
     assert np.all(sp.eigenvalues[k:] <= rtol * ref_vals[0])
@@ -82,7 +57,7 @@ def test_random_family_matches_scipy(mode, center):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("center", CENTERS)
 def test_planted_family_basis_matches_scipy(mode, center):
-    ws = planted_family()
+    ws = planted_matrices()
     sp = decompose([torch.tensor(w) for w in ws], len(ws), ws[0].shape, SpectralOptions(mode=mode, center=center))
     ref_vals, ref_vecs = check(sp, ws, mode, center)
     # The top-2 components are separated by a wide gap in every convention.
@@ -119,8 +94,7 @@ def test_accumulator_many_buffer_flushes_matches_direct():
     acc = GramAccumulator("out", (8, 300), torch.float64, torch.device("cpu"))
     for w in ws:
         acc.add(torch.tensor(w))
-    g = sum(w @ w.T for w in ws)
-    assert np.allclose(acc.centered("none").numpy(), g, rtol=1e-12, atol=1e-9)
+    assert np.allclose(acc.centered("none").numpy(), reference_gram(ws, "out"), rtol=1e-12, atol=1e-9)
 
 
 def test_model_mode_row_blocks_match_stack():
@@ -142,8 +116,7 @@ def test_model_mode_row_blocks_match_stack():
     sliced = model_gram(lambda: iter(tensors), 7, (13, 11), torch.float64, torch.device("cpu"),
                         block_bytes=7 * 11 * 8 * 4)
     assert np.allclose(sliced.numpy(), direct.numpy(), rtol=1e-13, atol=1e-12)
-    x = np.stack([w.reshape(-1) for w in ws])
-    assert np.allclose(direct.numpy(), x @ x.T, rtol=1e-13)
+    assert np.allclose(direct.numpy(), reference_gram(ws, "model"), rtol=1e-13)
 
 
 def test_decompose_accepts_row_reader_and_opener():
@@ -155,11 +128,11 @@ def test_decompose_accepts_row_reader_and_opener():
 
 
 def test_float32_path_within_tolerance():
-    ws = planted_family(seed=8)
+    ws = planted_matrices(seed=8)
     for mode in MODES:
         sp = decompose([torch.tensor(w, dtype=torch.float32) for w in ws], len(ws), ws[0].shape,
                        SpectralOptions(mode=mode, center="model", dtype="float32"))
-        ref_vals, _ = reference(ws, mode, "model")
+        ref_vals, _ = reference_spectrum(ws, mode, "model")
         assert np.allclose(sp.eigenvalues[: len(ref_vals)], ref_vals, rtol=0, atol=1e-4 * ref_vals[0])
 
 
@@ -219,20 +192,17 @@ def test_symmetric_block_updates_match_full_products():
     acc = StackedGram(600, torch.float64, torch.device("cpu"))
     for p in pieces:
         acc.add(torch.tensor(p))
-    direct = sum(p @ p.T for p in pieces)
-    assert np.allclose(acc.flush().numpy(), direct, rtol=1e-12, atol=1e-9)
+    assert np.allclose(acc.flush().numpy(), reference_gram(pieces, "out"), rtol=1e-12, atol=1e-9)
     acc.add(torch.tensor(pieces[0]))  # reading, then adding more, stays consistent
-    assert np.allclose(acc.flush().numpy(), direct + pieces[0] @ pieces[0].T, rtol=1e-12, atol=1e-9)
+    assert np.allclose(acc.flush().numpy(), reference_gram(pieces + pieces[:1], "out"), rtol=1e-12, atol=1e-9)
     ws = [torch.tensor(rng.standard_normal((2, 3))) for _ in range(520)]
     k = model_gram(ws, 520, (2, 3), torch.float64, torch.device("cpu"), row_reader=lambda r0, r1: (w[r0:r1] for w in ws))
-    x = np.stack([w.numpy().reshape(-1) for w in ws])
-    assert np.allclose(k.numpy(), x @ x.T, rtol=1e-12, atol=1e-12)
+    assert np.allclose(k.numpy(), reference_gram([w.numpy() for w in ws], "model"), rtol=1e-12, atol=1e-12)
 
 
 def test_family_row_reader_reads_rows_from_safetensors(tmp_path):
     from explorer.engine.model_gram import family_row_reader
     from explorer.sources.resolve import load_family
-    from tests.helpers import write_family
 
     rng = np.random.default_rng(13)
     mats = {f"m{i}": rng.standard_normal((9, 5)) for i in range(4)}

@@ -23,6 +23,7 @@ from explorer.zoo import train as tr
 from explorer.zoo.evaluate import LoraEvaluator
 from explorer.zoo.evaluators import evaluator_for
 from explorer.zoo.projection import project, projected_accuracy
+from tests.helpers import reference_gram
 
 FAMILIES = {"digits-mlp-scratch": 60, "digits-mlp-finetune": 60, "digits-lora": 100, "digits-random-init": 60}
 COLUMNS = {"name", "task", "task_group", "seed", "init_group", "test_accuracy", "chance"}
@@ -233,9 +234,7 @@ def test_zeroing_a_layer_drops_to_near_chance(zoo):
 def test_projected_accuracy_full_rank_and_zero_rank(zoo):
     ev = evaluator_for("digits-mlp-scratch", zoo["folders"]["digits-mlp-scratch"])
     mats = [ev.weights(n)["layers.1.weight"].double().numpy() for n in ev.models]
-    g = sum(w @ w.T for w in mats)
-    lam, u = np.linalg.eigh(g)
-    u = u[:, ::-1]
+    u = np.linalg.eigh(reference_gram(mats, "out"))[1][:, ::-1]
     df = projected_accuracy(ev, "layers.1", "full", [0, 16, 128], u=u)
     full = df[df.k == 128]
     assert np.abs(full.accuracy.to_numpy() - full.stored_accuracy.to_numpy()).max() <= 1 / 88 + 1e-12
@@ -292,12 +291,12 @@ def test_lora_projection_views(zoo):
     ev = evaluator_for("digits-lora", folder)
     names = ev.models[:12]
     deltas = [ev.weights(n)["layers.1.delta"].double().numpy() for n in names]
-    u = np.linalg.eigh(sum(d @ d.T for d in deltas))[1][:, ::-1]
+    u = np.linalg.eigh(reference_gram(deltas, "out"))[1][:, ::-1]
     df = projected_accuracy(ev, "layers.1", "dW", [0, 128], u=u, models=names)
     full = df[df.k == 128]
     assert np.abs(full.accuracy.to_numpy() - full.stored_accuracy.to_numpy()).max() <= 1 / 88 + 1e-12
-    a_rows = np.concatenate([ev.weights(n)["layers.1.lora_A.weight"].double().numpy() for n in names])
-    v = np.linalg.eigh(a_rows.T @ a_rows)[1][:, ::-1]
+    a_factors = [ev.weights(n)["layers.1.lora_A.weight"].double().numpy() for n in names]
+    v = np.linalg.eigh(reference_gram(a_factors, "in"))[1][:, ::-1]
     df_a = projected_accuracy(ev, "layers.1", "A", [128], v=v, models=names)
     assert np.abs(df_a.accuracy.to_numpy() - df_a.stored_accuracy.to_numpy()).max() <= 1 / 88 + 1e-12
     with pytest.raises(OptionError, match="input"):

@@ -302,7 +302,7 @@ def describe_family(family: Family) -> dict[str, object]:
         "kind": family.kind,
         "n_models": len(family),
         "models": md.astype(object).where(md.notna(), None).to_dict("records"),
-        "skipped": list(family.skipped),
+        "skipped": [s.to_json() for s in family.skipped],  # {name, path, reason}, as analyze --json
         "base": family.base.source if family.base is not None else None,
         "groups": catalog_table(build_catalog(family)),
     }

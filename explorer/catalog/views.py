@@ -4,7 +4,8 @@
 - ``delta``: W_i - W_base, with the family's base model (dense groups).
 - ``A``: the LoRA A factors (r x n); the engine stacks their rows (its in-mode).
 - ``B``: the LoRA B factors (m x r); the engine stacks their columns (its out-mode).
-- ``dW``: ΔW_i = s_i B_i A_i (m x n), kept factored (:class:`FactorStream`): never N dense m x n.
+- ``dW``: ΔW_i = s_i B_i A_i (m x n), kept factored (:class:`FactorStream`, yielding
+  :class:`~explorer.core.lowrank.LowRank` items): never N dense m x n.
 
 A view turns (family, group) into a stream: a shape and a re-iterable source of matrices, one
 model at a time (each ``open()`` starts a fresh pass; the engine may need two).
@@ -18,6 +19,7 @@ import torch
 
 from explorer.catalog.groups import LayerGroup, check_group
 from explorer.core.errors import InputError, OptionError
+from explorer.core.lowrank import LowRank, as_lowrank
 from explorer.sources.family import Family
 
 VIEWS: tuple[str, ...] = ("full", "delta", "A", "B", "dW")
@@ -68,14 +70,15 @@ class FactorStream:
     n_models : int
     ranks : tuple of int
         r_i per model (they may differ).
-    open : callable() -> iterator of (B_i, A_i, s_i)
-        ``B_i`` is a Tensor (m, r_i), ``A_i`` a Tensor (r_i, n), ``s_i`` a float; a fresh pass per call.
+    open : callable() -> iterator of LowRank
+        W_i with ``left`` = B_i (m, r_i), ``right`` = A_i (r_i, n) as stored, ``scale`` = s_i,
+        checked once as it is read (:meth:`LowRank.from_lora`); a fresh pass per call.
     """
 
     shape: tuple[int, int]
     n_models: int
     ranks: tuple[int, ...]
-    open: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor, float]]]
+    open: Callable[[], Iterator[LowRank]]
 
     def check(self, mode: str, center: str, what: str) -> None:
         """Every mode and centering is exact on factors: nothing to refuse (same interface as DenseStream)."""
@@ -83,8 +86,9 @@ class FactorStream:
     def dense(self) -> DenseStream:
         """The same matrices materialised one at a time, s_i B_i A_i (m x n), for dense engines."""
         def gen() -> Iterator[torch.Tensor]:
-            for b, a, s in self.open():
-                yield s * (b @ a)
+            # Plain (B, A, s) triples are accepted too (a FactorStream built by hand).
+            for i, item in enumerate(self.open()):
+                yield as_lowrank(item, i, self.shape).dense()
 
         return DenseStream(self.shape, self.n_models, gen)
 
@@ -130,7 +134,12 @@ def _factor_stream(family: Family, group: LayerGroup) -> FactorStream:
         if m.adapter is not None and m.adapter.use_dora:
             raise OptionError(f"model {m.name!r}: is a DoRA adapter, whose update is not s·B·A; view 'dW' does not apply")
     ranks = tuple(family.headers[m.name][group.tensor].shape[0] for m in family.models)
-    return FactorStream(group.shape, len(family), ranks, lambda: ((b, a, s) for _, b, a, s in _factors(family, group)))
+
+    def gen() -> Iterator[LowRank]:
+        for i, (_, b, a, s) in enumerate(_factors(family, group)):
+            yield LowRank.from_lora(b, a, s, index=i, shape=group.shape)
+
+    return FactorStream(group.shape, len(family), ranks, gen)
 
 
 def _factor_view(family: Family, group: LayerGroup, view: str) -> DenseStream:

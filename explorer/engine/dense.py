@@ -12,7 +12,8 @@ so memory is O(d^2 + one model) for d = m or n, independent of N.  Three refinem
 * when the unfolding is thinner than the Gram (N*n < m in out-mode), the unfolding itself is
   the smaller object, so it is held and its small-side Gram x^T x (N*width square) is decomposed;
 * model mode streams row-blocks of every model (:mod:`explorer.engine.model_gram`) so that the
-  N x mn stack is never held for large m*n;
+  N x mn stack is never held for large m*n; the raw kernel and its decomposition are separate
+  steps there (``model_kernel``, ``decompose_kernel``), so a caller can reuse K;
 * for d > 16384 the randomized path (:mod:`explorer.engine.randomized`) applies the Gram as an
   operator over several passes instead of forming it.
 
@@ -26,16 +27,10 @@ import torch
 
 from explorer.core.backend import as_compute
 from explorer.core.errors import InputError, OptionError
-from explorer.core.linalg import (
-    center_matrix,
-    centered_gram,
-    double_center,
-    eigh_desc,
-    sign_fix,
-)
+from explorer.core.linalg import center_matrix, centered_gram, eigh_desc, sign_fix
 from explorer.core.progress import ProgressFn
 from explorer.engine.gram import StackedGram
-from explorer.engine.model_gram import model_gram
+from explorer.engine.model_gram import decompose_kernel, model_gram
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.engine.plan import SolverPlan, make_plan
 from explorer.engine.randomized import randomized_decompose
@@ -124,11 +119,7 @@ def decompose(
 
 def _model(matrices, plan: SolverPlan, options, progress, row_reader) -> Spectrum:
     gram = model_gram(matrices, plan.n_models, plan.shape, plan.dtype, plan.device, progress, row_reader=row_reader)
-    if options.center != "none":
-        # Both centerings subtract the mean model here: K_c = J K J, J = I - 11^T/N.
-        gram = double_center(gram)
-    vals, vecs = eigh_desc(gram, options.k_store)
-    return Spectrum(vals, vecs, "model", options.center, plan.n_models, plan.shape)
+    return decompose_kernel(gram, plan.n_models, plan.shape, options)
 
 
 def _randomized(matrices, plan: SolverPlan, options, progress, row_reader) -> Spectrum:

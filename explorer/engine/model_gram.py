@@ -1,24 +1,37 @@
-"""Model-mode Gram K_ij = <W_i, W_j>_F (N x N) without holding the N x mn stack when it is large.
+"""Model mode: the kernel K_ij = <W_i, W_j>_F (N x N), built once, and its decomposition.
 
-K needs every pair of models, so a single pass over whole models would have to keep all of
-them.  Instead K is summed over row-blocks: rows r0:r1 of *every* model form an
-N x ((r1 - r0) n) block X_b and K = sum_b X_b X_b^T.  One block is held at a time, so memory is
-O(N^2 + N * block) whatever m*n is, and each product is one large, compute-bound matmul.
+The raw (uncentered) kernel is built in one of three ways, all here:
 
-Row-blocks come from a *row reader* ``(r0, r1) -> iterable of Tensor (r1 - r0, n)``, one per
-model in order.  :func:`family_row_reader` builds one that reads only those rows from
-safetensors files (``get_slice``); without one, a re-openable stream is sliced after reading
-whole models (one pass per block), and a one-shot iterator is stacked (small cases only).
+* :func:`model_gram` — dense models.  K needs every pair of models, so a single pass over whole
+  models would have to keep all of them.  Instead K is summed over row-blocks: rows r0:r1 of
+  *every* model form an N x ((r1 - r0) n) block X_b and K = sum_b X_b X_b^T.  One block is held
+  at a time, so memory is O(N^2 + N * block) whatever m*n is, and each product is one large,
+  compute-bound matmul.  Row-blocks come from a *row reader* ``(r0, r1) -> iterable of Tensor
+  (r1 - r0, n)``, one per model in order: :func:`family_row_reader` reads only those rows from
+  safetensors files (``get_slice``); without one, a re-openable stream is sliced after reading
+  whole models (one pass per block), and a one-shot iterator is stacked (small cases only).
+* :func:`factored_model_gram` — LoRA updates W_i = s_i B_i A_i, from their factors in one pass:
+  K_ij = s_i s_j tr((B_i^T B_j)(A_j A_i^T)).
+* :func:`model_kernel` — either of them for a stream, chosen from the row reader or the first item.
+
+:func:`decompose_kernel` centres (J K J) and decomposes a given kernel, so the pipeline builds K
+once and hands the same raw K to the model-mode metrics, which then read no model again.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+import itertools
+from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
-from explorer.core.backend import as_compute
-from explorer.core.errors import InputError, OptionError
+from explorer.core.backend import as_compute, pick_device, pick_dtype
+from explorer.core.errors import InputError, MemberError, OptionError
+from explorer.core.linalg import double_center, eigh_desc
+from explorer.core.lowrank import as_lowrank
+from explorer.core.progress import ProgressFn
 from explorer.engine.gram import sym_mirror_, sym_update_
+from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.engine.plan import MODEL_BLOCK_BYTES
 
 RowReader = Callable[[int, int], Iterable[torch.Tensor]]
@@ -27,6 +40,8 @@ RowReader = Callable[[int, int], Iterable[torch.Tensor]]
 BLOCK_BYTES = MODEL_BLOCK_BYTES
 # A one-shot iterator can only be stacked; refuse beyond this rather than exhaust memory.
 STACK_LIMIT_BYTES = 4 << 30
+# Bytes of the per-block work matrices of the factored kernel.
+FACTOR_BLOCK_BYTES = 192 << 20
 
 
 def model_gram(
@@ -123,6 +138,173 @@ def _row_blocks(row_reader, n_models, shape, dtype, device, progress, block_byte
     return sym_mirror_(gram)
 
 
+def factored_model_gram(
+    factors: Iterable[Any] | Callable[[], Iterator[Any]],
+    n_models: int,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+    *,
+    block_bytes: int = FACTOR_BLOCK_BYTES,
+) -> torch.Tensor:
+    """K_ij = s_i s_j tr((B_i^T B_j)(A_j A_i^T)) of LoRA updates, shape (N, N), uncentered, one pass.
+
+    All factors are held (O(sum_i r_i (m + n)), the adapters' own size, never N m n).  With
+    B = [s_1 B_1 ... s_N B_N] (m x R) and A = [A_1; ...; A_N] (R x n), K is the block sums of
+    (B^T B) * (A A^T), computed for blocks of models (upper triangle only: K is symmetric) so
+    that the R_I x R work matrices stay within ``block_bytes``.
+
+    Parameters
+    ----------
+    factors : iterable of LowRank or (B (m, r_i), A (r_i, n), scale), or callable() -> iterator of them
+    n_models : int
+    shape : (m, n)
+    dtype, device : accumulation dtype and device
+    progress : callable(done, total, label), optional
+        Called once per adapter read.
+    block_bytes : int
+        Bytes of the per-block work matrices.
+    """
+    items = factors() if callable(factors) else factors
+    bs: list[torch.Tensor] = []
+    as_: list[torch.Tensor] = []
+    seg: list[int] = []
+    for i, item in enumerate(items):
+        x = as_lowrank(item, i, shape, dtype, device)
+        bs.append(x.scale * x.left)
+        as_.append(x.right)
+        seg.extend([i] * x.left.shape[1])
+        if progress:
+            progress(i + 1, n_models, "reading adapters")
+    if len(bs) != n_models:
+        raise InputError(f"expected {n_models} adapters, read {len(bs)}")
+    bb = torch.cat(bs, dim=1)  # (m, R)
+    aa = torch.cat(as_, dim=0)  # (R, n)
+    del bs, as_
+    seg_t = torch.tensor(seg, device=device, dtype=torch.long)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(np.asarray(seg, dtype=np.int64), minlength=n_models))])
+    total = int(starts[-1])
+    item_size = torch.empty((), dtype=dtype).element_size()
+    per_row = max(1, block_bytes // (3 * max(total, 1) * item_size))
+    gram = torch.zeros(n_models, n_models, dtype=dtype, device=device)
+    i0 = 0
+    while i0 < n_models:
+        i1 = i0 + 1
+        while i1 < n_models and starts[i1 + 1] - starts[i0] <= per_row:
+            i1 += 1
+        c0, c1 = int(starts[i0]), int(starts[i1])
+        # Only columns of models >= i0 are needed: K is symmetric.
+        pb = bb[:, c0:c1].T @ bb[:, c0:]  # (R_I, R - c0)
+        pb.mul_(aa[c0:c1] @ aa[c0:].T)
+        rows = torch.zeros(i1 - i0, total - c0, dtype=dtype, device=device)
+        rows.index_add_(0, seg_t[c0:c1] - i0, pb)
+        block = torch.zeros(i1 - i0, n_models - i0, dtype=dtype, device=device)
+        block.index_add_(1, seg_t[c0:] - i0, rows)
+        gram[i0:i1, i0:] = block
+        gram[i0:, i0:i1] = block.T
+        i0 = i1
+    return gram
+
+
+def _first_pass_again(opener: Callable[[], Iterator[Any]], first: Iterator[Any]) -> Callable[[], Iterator[Any]]:
+    """An opener whose first call returns the pass already started (``first``), later calls fresh ones."""
+    pending = [first]
+
+    def again() -> Iterator[Any]:
+        return pending.pop() if pending else opener()
+
+    return again
+
+
+def model_kernel(
+    source: Iterable[Any] | Callable[[], Iterator[Any]],
+    n_models: int,
+    shape: tuple[int, int],
+    options: SpectralOptions = SpectralOptions(mode="model"),
+    progress: ProgressFn | None = None,
+    *,
+    row_reader: RowReader | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> torch.Tensor:
+    """The raw model kernel K_ij = <W_i, W_j>_F of a stream, shape (N, N), uncentered.
+
+    Dense matrices go to :func:`model_gram` (by ``row_reader`` when one is given, without
+    opening the stream), LoRA factors (LowRank items or (B, A, scale) triples, told apart by the
+    first item) to :func:`factored_model_gram`.  The pass that reads the first item is the one
+    used, so a small family is read exactly once.
+
+    Parameters
+    ----------
+    source : iterable of Tensor (m, n), LowRank or (B, A, scale), or callable() -> iterator of them
+    n_models : int
+    shape : (m, n)
+    options : SpectralOptions
+        Only ``dtype`` and ``device`` are used.
+    progress : callable(done, total, label), optional
+    row_reader : callable(r0, r1) -> iterable of Tensor (r1 - r0, n), optional
+        Dense models only: see :func:`model_gram`.
+    block_bytes : int
+        Row-block buffer of the dense path.
+
+    Returns
+    -------
+    Tensor, shape (N, N), in the accumulation dtype and device
+    """
+    if n_models < 1:
+        raise InputError("the layer group has no models to decompose")
+    device = pick_device(options.device)
+    dtype = pick_dtype(options.dtype, device)
+    shape = (int(shape[0]), int(shape[1]))
+    if row_reader is not None:
+        return model_gram(source, n_models, shape, dtype, device, progress, row_reader=row_reader,
+                          block_bytes=block_bytes)
+    items = iter(source() if callable(source) else source)
+    first = next(items, None)
+    if first is None:
+        raise InputError(f"expected {n_models} models, read 0")
+    items = itertools.chain([first], items)
+    if isinstance(first, torch.Tensor):
+        matrices = _first_pass_again(source, items) if callable(source) else items
+        return model_gram(matrices, n_models, shape, dtype, device, progress, block_bytes=block_bytes)
+    return factored_model_gram(items, n_models, shape, dtype, device, progress)
+
+
+def decompose_kernel(
+    kernel: torch.Tensor,
+    n_models: int,
+    shape: tuple[int, int],
+    options: SpectralOptions,
+    *,
+    method: str = "exact",
+) -> Spectrum:
+    """The model-mode spectrum of a raw kernel: J K J when centred (both centerings), then eigh.
+
+    Parameters
+    ----------
+    kernel : Tensor, shape (N, N)
+        Raw K_ij = <W_i, W_j>_F (:func:`model_kernel`); not modified.
+    n_models : int
+    shape : (m, n)
+        Shape of each model, recorded in the Spectrum.
+    options : SpectralOptions
+        ``center`` and ``k_store`` are used.
+    method : str
+        Recorded in the Spectrum (``exact`` for dense models, ``factored`` for LoRA factors).
+
+    Returns
+    -------
+    Spectrum
+        ``mode == "model"``; eigenvalues (N,), basis (N, min(k_store, N)).
+    """
+    if tuple(kernel.shape) != (n_models, n_models):
+        raise InputError(f"model kernel has shape {tuple(kernel.shape)}, expected {(n_models, n_models)}")
+    # Both centerings subtract the mean model here: K_c = J K J, J = I - 11^T/N.
+    gram = double_center(kernel) if options.center != "none" else kernel
+    vals, vecs = eigh_desc(gram, options.k_store)
+    return Spectrum(vals, vecs, "model", options.center, n_models, tuple(shape), method=method)
+
+
 def family_row_reader(family, tensor: str, base=None) -> RowReader:
     """A row reader over one tensor of every model of a family (reads only those rows).
 
@@ -157,7 +339,9 @@ def family_row_reader(family, tensor: str, base=None) -> RowReader:
         if t.dtype in (torch.float16, torch.bfloat16) or not t.is_floating_point():
             t = t.to(torch.float32)
         if not torch.isfinite(t).all():
-            raise InputError(f"model {model.name!r}: tensor {tensor!r} in {path} holds NaN or Inf")
+            # A MemberError, as Family.tensor raises: the pipeline skips this model and names it.
+            raise MemberError(f"model {model.name!r}: tensor {tensor!r} in {path} holds NaN or Inf",
+                              model.name, str(path or ""))
         return t
 
     def reader(r0: int, r1: int) -> Iterator[torch.Tensor]:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from explorer.core.backend import as_compute
 from explorer.core.errors import InputError, OptionError
 from explorer.core.linalg import sign_fix, symmetrize
+from explorer.core.lowrank import LowRank, LowRankSum, as_lowrank
 from explorer.core.progress import ProgressFn
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.engine.plan import SolverPlan, make_plan
@@ -47,14 +47,15 @@ def _need_opener(source, what: str) -> Callable[[], Iterator]:
 
 
 class _Operator:
-    """G_c = sum_i W'_i W'_i^T - centering, over models given as factor pairs W' = L R.
+    """G_c = sum_i X_i X_i^T - centering, over the models' side matrices X_i (LowRank, d x e).
 
-    W' is W (out-mode) or W^T (in-mode); R is None for dense models.
+    X_i is W_i (out-mode) or W_i^T (in-mode), dense or factored; ``items`` yields them already
+    checked and in the accumulation dtype and device.
     """
 
-    def __init__(self, pairs: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor | None]]],
-                 n_models: int, d: int, width: int, center: str, dtype, device, progress):
-        self.pairs, self.n, self.d, self.width, self.center = pairs, n_models, d, width, center
+    def __init__(self, items: Callable[[], Iterator[LowRank]], n_models: int, d: int, width: int, center: str,
+                 dtype: torch.dtype, device: torch.device, progress: ProgressFn | None):
+        self.items, self.n, self.d, self.width, self.center = items, n_models, d, width, center
         self.dtype, self.device, self.progress = dtype, device, progress
         self.trace = 0.0
         self.corr: torch.Tensor | None = None  # F with centering term  weight * F F^T
@@ -63,49 +64,30 @@ class _Operator:
     def apply(self, y: torch.Tensor, first: bool = False) -> torch.Tensor:
         """G_c Y for Y (d x l); the first call also gathers trace and centering sums."""
         out = torch.zeros_like(y)
-        s_left: list[torch.Tensor] = []
-        s_right: list[torch.Tensor] = []
-        s_dense = None
+        total = LowRankSum((self.d, self.width), self.dtype, self.device) if first and self.center == "model" else None
         col = torch.zeros(self.d, dtype=self.dtype, device=self.device)
         count = 0
-        for i, (left, right) in enumerate(self.pairs()):
-            if right is None:
-                z = left.T @ y
-                out.addmm_(left, z)
-            else:
-                z = right.T @ (left.T @ y)
-                out.addmm_(left, right @ z)
+        for i, x in enumerate(self.items()):
+            out += x @ x.left_product(y).T  # X (X^T Y)
             if first:
-                if right is None:
-                    self.trace += float((left * left).sum())
-                    col += left.sum(dim=1)
-                    if self.center == "model":
-                        s_dense = left.clone() if s_dense is None else s_dense.add_(left)
-                else:
-                    self.trace += float(((left.T @ left) * (right @ right.T)).sum())
-                    col += left @ right.sum(dim=1)
-                    if self.center == "model":
-                        s_left.append(left)
-                        s_right.append(right)
+                self.trace += x.sq_norm()
+                col += x.column_sum()
+                if total is not None:
+                    total.add(x)
             count += 1
             if self.progress:
                 self.progress(i + 1, self.n, "reading models (randomized pass)")
         if count != self.n:
             raise InputError(f"expected {self.n} models, read {count}")
         if first:
-            self._set_correction(s_dense, s_left, s_right, col)
+            self._set_correction(total, col)
         if self.corr is not None:
             out.addmm_(self.corr, self.corr.T @ y, alpha=self.weight)
         return out
 
-    def _set_correction(self, s_dense, s_left, s_right, col) -> None:
+    def _set_correction(self, total: LowRankSum | None, col: torch.Tensor) -> None:
         if self.center == "model":
-            if s_dense is not None:
-                f = s_dense
-            else:
-                left, right = torch.cat(s_left, dim=1), torch.cat(s_right, dim=0)
-                # S S^T = L (R R^T) L^T = (L T^T)(L T^T)^T with R^T = Q T.
-                f = left @ torch.linalg.qr(right.T, mode="r").R.T
+            f = total.gram_factor()  # F F^T = S S^T, S = sum_i X_i kept low-rank while it pays
             self.corr, self.weight = f, -1.0 / self.n
             self.trace -= float((f * f).sum()) / self.n
         elif self.center == "vector":
@@ -168,14 +150,14 @@ def randomized_decompose(
     m, n = shape
     out = options.mode == "out"
 
-    def pairs() -> Iterator[tuple[torch.Tensor, None]]:
+    def items() -> Iterator[LowRank]:
         for w in opener():
             if tuple(w.shape) != tuple(shape):
                 raise InputError(f"matrix of shape {tuple(w.shape)} does not match the group's {tuple(shape)}")
-            w = as_compute(w, dtype, device)
-            yield (w if out else w.T), None
+            w = LowRank(as_compute(w, dtype, device))
+            yield w if out else w.T
 
-    op = _Operator(pairs, n_models, m if out else n, n if out else m, options.center, dtype, device, progress)
+    op = _Operator(items, n_models, m if out else n, n if out else m, options.center, dtype, device, progress)
     return _run(op, options, n_models, tuple(shape), dtype, device)
 
 
@@ -192,7 +174,7 @@ def randomized_decompose_factored(
 
     Parameters
     ----------
-    factors : callable() -> iterator of (B (m, r_i), A (r_i, n), scale)
+    factors : callable() -> iterator of LowRank or (B (m, r_i), A (r_i, n), scale)
     n_models, shape, options, progress, plan : as :func:`randomized_decompose`
     """
     opener = _need_opener(factors, "adapters")
@@ -203,15 +185,10 @@ def randomized_decompose_factored(
     m, n = shape
     out = options.mode == "out"
 
-    def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i, (b, a, s) in enumerate(opener()):
-            if b.shape[0] != m or a.shape[1] != n or b.shape[1] != a.shape[0]:
-                raise InputError(f"adapter {i}: B {tuple(b.shape)} and A {tuple(a.shape)} do not factor {m}x{n}")
-            if not np.isfinite(float(s)):
-                raise InputError(f"adapter {i}: scale {s} is not finite")
-            b = float(s) * as_compute(b, dtype, device)
-            a = as_compute(a, dtype, device)
-            yield (b, a) if out else (a.T, b.T)
+    def items() -> Iterator[LowRank]:
+        for i, item in enumerate(opener()):
+            x = as_lowrank(item, i, shape, dtype, device)
+            yield x if out else x.T
 
-    op = _Operator(pairs, n_models, m if out else n, n if out else m, options.center, dtype, device, progress)
+    op = _Operator(items, n_models, m if out else n, n if out else m, options.center, dtype, device, progress)
     return _run(op, options, n_models, tuple(shape), dtype, device)

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 
 from explorer.engine.options import Spectrum
 from explorer.figures.style import NULL_COLOR, PALETTE, base_layout, color, rgba
+from explorer.metrics.results import NullBand
 
 
 def scree_figure(
@@ -17,7 +18,7 @@ def scree_figure(
     log_y: bool = False,
     max_components: int = 64,
     title: str | None = None,
-    null_evr: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    null: NullBand | None = None,
     mp_edge_evr: float | None = None,
 ) -> go.Figure:
     """Scree plot: explained variance per component (bars) and cumulative (line), with baselines.
@@ -32,8 +33,8 @@ def scree_figure(
         Log scale for the per-component axis (the cumulative axis stays linear).
     max_components : int
         Components drawn (at most d).  The range always reaches k(tau).
-    null_evr : (median, p05, p95), each shape (d,), optional
-        EVR of the strength-matched Gaussian null: drawn as a line with its 5-95 % band.
+    null : NullBand, optional
+        The strength-matched Gaussian null: its EVR median drawn as a line with its 5-95 % band.
     mp_edge_evr : float, optional
         Marchenko-Pastur upper edge of the null in EVR units: a horizontal line.
 
@@ -50,8 +51,8 @@ def scree_figure(
     fig = go.Figure()
     fig.add_trace(go.Bar(x=x, y=evr[:n], name="EVR per component", marker_color=PALETTE[0],
                          hovertemplate="component %{x}<br>EVR %{y:.4f}<extra></extra>"))
-    if null_evr is not None:
-        med, lo, hi = (np.asarray(a)[:n] for a in null_evr)
+    if null is not None:
+        med, lo, hi = (np.asarray(a)[:n] for a in null.evr)
         fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]),
                                  fill="toself", fillcolor=rgba(NULL_COLOR, 0.25), line=dict(width=0),
                                  name="null 5–95 %", hoverinfo="skip"))

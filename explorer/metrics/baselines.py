@@ -21,6 +21,7 @@ import torch
 from explorer.core.errors import OptionError
 from explorer.core.linalg import eigvalsh_desc
 from explorer.engine.gram import StackedGram
+from explorer.metrics.results import NullBand
 
 # Budget (flops per draw) under which every model gets its own exactly-scaled Wishart; above it,
 # models of similar norm share one Wishart per quantile bin (energy preserved exactly).
@@ -157,33 +158,6 @@ def null_eigenvalues(spec: NullSpec, draws: int = 8, seed: int = 0) -> np.ndarra
             stack.add(torch.from_numpy(b))
         out[t] = eigvalsh_desc(stack.flush().numpy())
     return out
-
-
-@dataclass
-class NullBand:
-    """Summary of the Gaussian null's spectrum.
-
-    Attributes
-    ----------
-    evr_median, evr_lo, evr_hi : ndarray, shape (d,)
-        Median and 5 % / 95 % quantiles of the EVR at each component index.
-    cum_median, cum_lo, cum_hi : ndarray, shape (d,)
-        The same for the cumulative EVR.
-    mp_edge_evr : float
-        Marchenko-Pastur upper edge in EVR units.
-    exact : bool
-        False when models were pooled into norm bins to stay within the flop budget.
-    """
-
-    evr_median: np.ndarray
-    evr_lo: np.ndarray
-    evr_hi: np.ndarray
-    cum_median: np.ndarray
-    cum_lo: np.ndarray
-    cum_hi: np.ndarray
-    mp_edge_evr: float
-    draws: int
-    exact: bool
 
 
 def null_band(spec: NullSpec, draws: int = 8, seed: int = 0) -> NullBand:

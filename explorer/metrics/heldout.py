@@ -1,7 +1,8 @@
 """Held-out coverage: refit the shared basis without some models, measure what it captures of them.
 
 Every model enters the engine as a *side matrix* X_i (d x e): W_i in out-mode, W_i^T in
-in-mode, so the basis is always the left one.  One streaming pass accumulates, per cell of a
+in-mode, so the basis is always the left one (a :class:`~explorer.core.lowrank.LowRank`, kept
+factored for LoRA updates).  One streaming pass accumulates, per cell of a
 partition of the models (the k folds, or the metadata groups), the Gram G_c = sum X_i X_i^T and
 the sum S_c = sum X_i.  The basis fitted *without* fold f then comes from the downdated sums
 
@@ -21,8 +22,8 @@ import torch
 
 from explorer.core.errors import OptionError
 from explorer.core.linalg import eigh_np
+from explorer.core.lowrank import LowRank
 from explorer.engine.gram import StackedGram
-from explorer.metrics.sidemat import SideMatrix
 
 
 def fold_assignment(n_models: int, folds: int, seed: int = 0) -> np.ndarray:
@@ -60,8 +61,8 @@ class PartitionGrams:
         self.sum = torch.zeros(self.n_cells, d, e, dtype=dtype, device=device)
         self.count = np.bincount(self.cells, minlength=self.n_cells)
 
-    def add(self, i: int, x) -> None:
-        """Add model ``i``'s side matrix (a :class:`~explorer.metrics.sidemat.SideMatrix`) to its cell."""
+    def add(self, i: int, x: LowRank) -> None:
+        """Add model ``i``'s side matrix X (d x e) to its cell."""
         c = int(self.cells[i])
         self._grams[c].add(x.gram_factor())
         x.add_to(self.sum[c])
@@ -86,30 +87,31 @@ class PartitionGrams:
         return g - self._gram(c), s - self.sum[c], n - int(self.count[c])
 
 
-def centered_norm2(x, z: torch.Tensor | None) -> float:
+def centered_norm2(x: LowRank, z: torch.Tensor | None) -> float:
     """||X - Z||_F^2 (exact for dense X; by expansion for a factored one, which is never formed)."""
     if z is None:
         return x.sq_norm()
     if not x.factored:
-        r = x.x - z
+        r = x.dense() - z
         return float((r * r).sum())
     return max(x.sq_norm() - 2 * x.inner(z) + float((z * z).sum()), 0.0)
 
 
-def projection(u: torch.Tensor, x, z: torch.Tensor | None, uz: torch.Tensor | None) -> torch.Tensor:
+def projection(u: torch.Tensor, x: LowRank, z: torch.Tensor | None, uz: torch.Tensor | None) -> torch.Tensor:
     """U^T (X - Z), shape (k, e); ``uz`` = U^T Z precomputed once per basis."""
     p = x.left_product(u)
     return p - uz if uz is not None else p
 
 
-def captured_curve(u: torch.Tensor, x, z: torch.Tensor | None = None, uz: torch.Tensor | None = None) -> np.ndarray:
+def captured_curve(u: torch.Tensor, x: LowRank | torch.Tensor, z: torch.Tensor | None = None,
+                   uz: torch.Tensor | None = None) -> np.ndarray:
     """One-sided captured energy ||U_k^T (X - Z)||^2 / ||X - Z||^2 for k = 1..u.shape[1].
 
     Parameters
     ----------
     u : Tensor, shape (d, k)
         Orthonormal basis.
-    x : SideMatrix or Tensor, shape (d, e)
+    x : LowRank or Tensor, shape (d, e)
     z : Tensor, shape (d, e), optional
         Centering matrix subtracted from X.
     uz : Tensor, shape (k, e), optional
@@ -121,7 +123,7 @@ def captured_curve(u: torch.Tensor, x, z: torch.Tensor | None = None, uz: torch.
         Non-decreasing, in [0, 1]; zeros for a zero matrix.
     """
     if isinstance(x, torch.Tensor):
-        x = SideMatrix(dense=x)
+        x = LowRank(x)
     if z is not None and uz is None:
         uz = u.T @ z
     tot = centered_norm2(x, z)
@@ -131,8 +133,8 @@ def captured_curve(u: torch.Tensor, x, z: torch.Tensor | None = None, uz: torch.
     return np.clip(torch.cumsum(rows, 0).cpu().double().numpy() / tot, 0.0, 1.0)
 
 
-def mean_only(x, mu: torch.Tensor) -> tuple[float, float]:
-    """Mean-only baseline for one held-out model X (SideMatrix or Tensor) and the mean ``mu``.
+def mean_only(x: LowRank | torch.Tensor, mu: torch.Tensor) -> tuple[float, float]:
+    """Mean-only baseline for one held-out model X (LowRank or Tensor, d x e) and the mean ``mu``.
 
     Returns
     -------
@@ -142,7 +144,7 @@ def mean_only(x, mu: torch.Tensor) -> tuple[float, float]:
         ||X - mu|| / ||X||: relative error of reconstructing X by the mean itself.
     """
     if isinstance(x, torch.Tensor):
-        x = SideMatrix(dense=x)
+        x = LowRank(x)
     xx = x.sq_norm()
     mm = float((mu * mu).sum())
     if xx <= 0:

@@ -7,12 +7,16 @@ once more and measures it against the shared basis (in-sample energies, coordina
 the basis fitted without its fold (k-fold) or without itself (leave-one-out, downdating the
 Gram by that one model), against the held-out mean (mean-only baseline), and computes its own
 top-k subspace (model x model angles).  Memory: O(folds * d^2 + groups * d^2 + e^2 + one model),
-independent of N, plus the N x mn model stack only when it is small or model mode needs it.
+independent of N, plus the N x mn model stack only when it is small.  Each model is a
+:class:`~explorer.core.lowrank.LowRank` side matrix, kept factored for LoRA updates.
+
+Model mode needs no pass of its own: everything follows from the raw N x N kernel, which the
+pipeline hands over from the decomposition (``kernel=``); only without it is K built here, by the
+engine's :func:`~explorer.engine.model_gram.model_kernel`.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,49 +30,29 @@ from explorer.core.linalg import (
     eigh_top,
     subtract_center,
 )
+from explorer.core.lowrank import as_lowrank
 from explorer.core.progress import ProgressFn
+from explorer.core.threads import single_threaded
 from explorer.engine.gram import StackedGram
+from explorer.engine.model_gram import model_kernel
 from explorer.metrics import angles, baselines, heldout
 from explorer.metrics.results import (
+    Groups,
+    HeldOut,
     Metrics,
     MetricsOptions,
+    NullBand,
+    Overlaps,
     kernel_scores,
     two_sided_curve,
 )
-from explorer.metrics.sidemat import SideMatrix
 
 _LOO_FLOPS = 2e10
-_MAX_GROUPS = 32
-# Below this side, BLAS/LAPACK calls are too small to gain from threads, and on a busy machine
-# the thread hand-offs cost up to 30x (measured here: 27 s vs 0.9 s for a 128 x 64 group).
+#: Most groups a metadata column may split a family into for group x group overlaps (one Gram
+#: per group is held); the app and the report offer only columns within 2..MAX_GROUPS.
+MAX_GROUPS = 32
+# Below this side, BLAS/LAPACK calls are too small to gain from threads (explorer.core.threads).
 _SINGLE_THREAD_SIDE = 512
-
-
-@contextmanager
-def _single_threaded(active: bool) -> Iterator[None]:
-    """Run torch and the BLAS/OpenMP pools on one thread while ``active``; restore them after."""
-    if not active:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it only torch is limited
-        threadpool_limits = None
-    try:
-        if threadpool_limits is None:
-            yield
-        else:
-            with threadpool_limits(limits=1):
-                yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _side(w: torch.Tensor, mode: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    w = w.to(device=device, dtype=dtype)
-    return w if mode == "out" else w.T
 
 
 _AUTO_GROUP_COLUMNS = ("group", "task_group", "init_group", "task")
@@ -80,10 +64,10 @@ def _pick_groups(labels: Sequence[Mapping[str, str]], group_by: str, notes: list
         return None, None, []
     col = group_by
     if group_by == "auto":
-        # The first label column that splits the family into 2.._MAX_GROUPS groups.
+        # The first label column that splits the family into 2..MAX_GROUPS groups.
         cols = set().union(*[set(lab) for lab in labels]) if labels else set()
         col = next((c for c in _AUTO_GROUP_COLUMNS if c in cols
-                    and 2 <= len({lab.get(c) for lab in labels}) <= _MAX_GROUPS), None)
+                    and 2 <= len({lab.get(c) for lab in labels}) <= MAX_GROUPS), None)
         if col is None:
             return None, None, []
     values = [lab.get(col) for lab in labels]
@@ -91,8 +75,8 @@ def _pick_groups(labels: Sequence[Mapping[str, str]], group_by: str, notes: list
         notes.append(f"group angles skipped: metadata column {col!r} is missing for some models")
         return None, None, []
     names = sorted(set(values))
-    if not 2 <= len(names) <= _MAX_GROUPS:
-        notes.append(f"group angles skipped: column {col!r} has {len(names)} values (need 2..{_MAX_GROUPS})")
+    if not 2 <= len(names) <= MAX_GROUPS:
+        notes.append(f"group angles skipped: column {col!r} has {len(names)} values (need 2..{MAX_GROUPS})")
         return None, None, []
     return col, np.array([names.index(v) for v in values]), names
 
@@ -120,13 +104,16 @@ def compute_metrics(
     labels: Sequence[Mapping[str, str]] = (),
     progress: ProgressFn | None = None,
     null_ranks: Sequence[int] | None = None,
+    *,
+    kernel: np.ndarray | torch.Tensor | None = None,
 ) -> Metrics:
     """Compute the metrics of one layer group.
 
     Parameters
     ----------
-    open_stream : callable() -> iterable of Tensor (m, n)
-        Starts a fresh pass over the models (called twice).
+    open_stream : callable() -> iterable of Tensor (m, n), LowRank or (B, A, scale)
+        Starts a fresh pass over the models (called twice; not at all in model mode when
+        ``kernel`` is given).  LoRA updates are kept factored.
     n_models : int
     shape : (m, n)
     basis : ndarray, shape (d, K)
@@ -141,13 +128,18 @@ def compute_metrics(
     null_ranks : sequence of int, optional
         LoRA rank of each model when the matrices are products s_i B_i A_i: the null then uses
         Gaussian factors of those ranks instead of dense Gaussian matrices.
+    kernel : ndarray or Tensor, shape (N, N), optional
+        Model mode: the raw (uncentered) kernel K_ij = <W_i, W_j>_F the decomposition was
+        computed from (:func:`explorer.engine.model_gram.model_kernel`); the models are then not
+        read again.  Built from ``open_stream`` when omitted.
     """
     device = pick_device(spectral_options.device)
     dtype = pick_dtype(spectral_options.dtype, device)
     small = device.type == "cpu" and max(shape) <= _SINGLE_THREAD_SIDE and n_models <= _SINGLE_THREAD_SIDE
-    with _single_threaded(small):
+    with single_threaded(small):
         if spectral_options.mode == "model":
-            return _model_mode(open_stream, n_models, shape, basis, spectral_options, mopts, progress, device, dtype)
+            return _model_mode(open_stream, n_models, shape, basis, spectral_options, mopts, progress, device, dtype,
+                               kernel)
         return _side_mode(open_stream, n_models, shape, basis, spectral_options, mopts, labels, progress, device,
                           dtype, null_ranks)
 
@@ -182,7 +174,8 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
 
     def models(label):
         for i, item in _read(open_stream(), n, progress, label):
-            yield i, SideMatrix.from_item(item, i, mode, shape, device, dtype)
+            x = as_lowrank(item, i, shape, dtype, device, dense=True)
+            yield i, (x if mode == "out" else x.T)
 
     # Pass 1: per-fold and per-group Gram sums, the other side's Gram, the small model stack.
     parts = heldout.PartitionGrams(folds if folds is not None else np.zeros(n, int), d, e, dtype, device)
@@ -194,7 +187,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
         if gparts is not None:
             gparts.add(i, x)
         if other is not None:
-            other.add(x.other_factor())
+            other.add(x.cogram_factor())
         if keep_stack:
             stack.append(x.dense().reshape(-1).cpu().double())
 
@@ -256,24 +249,24 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     res = Metrics(norms2=norms2, energy_one=out["one"], notes=notes)
     if two_sided:
         res.energy_two, res.coords, res.other_basis = out["two"], coords, v.cpu().double().numpy()
-    res.own_overlap = angles.overlap_matrix(own)
-    res.own_vs_universal = angles.overlap_matrix(own, [ub])[:, 0]
-    res.own_cosines = np.stack([np.pad(angles.principal_cosines(b, ub), (0, ka - min(b.shape[1], ka)))
-                                for b in own])
+    res.overlaps = Overlaps(
+        own=angles.overlap_matrix(own),
+        vs_universal=angles.overlap_matrix(own, [ub])[:, 0],
+        cosines=np.stack([np.pad(angles.principal_cosines(b, ub), (0, ka - min(b.shape[1], ka))) for b in own]),
+    )
     if folds is not None:
-        res.folds, res.heldout_kfold = folds, out["kfold"]
-        res.mean_kfold_captured, res.mean_kfold_error = mean["kc"], mean["ke"]
+        res.heldout = HeldOut(folds=folds, kfold=out["kfold"], mean_kfold_captured=mean["kc"],
+                              mean_kfold_error=mean["ke"])
     if do_loo:
-        res.heldout_loo, res.mean_loo_captured, res.mean_loo_error = out["loo"], mean["lc"], mean["le"]
+        res.heldout = res.heldout or HeldOut()
+        res.heldout.loo, res.heldout.mean_loo_captured, res.heldout.mean_loo_error = out["loo"], mean["lc"], mean["le"]
     if gparts is not None:
         gb = []
         for c in range(len(group_names)):
             gg, sg, ng = gparts.cell(c)
             gb.append(eigh_top(centered_gram(gg, sg, ng, center), ka)[1].cpu().double().numpy())
-        res.group_by, res.group_names = group_by, group_names
-        res.group_bases = np.stack(gb)
-        res.group_overlap = angles.overlap_matrix(gb)
-        res.group_vs_universal = angles.overlap_matrix(gb, [ub])[:, 0]
+        res.groups = Groups(by=group_by, names=group_names, bases=np.stack(gb), overlap=angles.overlap_matrix(gb),
+                            vs_universal=angles.overlap_matrix(gb, [ub])[:, 0])
     if keep_stack:
         xs = torch.stack(stack)
         if z is not None:
@@ -296,17 +289,15 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     return res
 
 
-def _set_null(res: Metrics, band: baselines.NullBand) -> None:
-    res.null_evr_median, res.null_evr_lo, res.null_evr_hi = band.evr_median, band.evr_lo, band.evr_hi
-    res.null_cum_median, res.null_cum_lo, res.null_cum_hi = band.cum_median, band.cum_lo, band.cum_hi
-    res.mp_edge_evr, res.null_exact = band.mp_edge_evr, band.exact
+def _set_null(res: Metrics, band: NullBand) -> None:
+    res.null, res.mp_edge_evr = band, band.mp_edge_evr
 
 
-def _model_mode(open_stream, n, shape, basis, so, mopts, progress, device, dtype) -> Metrics:
-    """Model mode: everything follows from the N x N kernel of the models (one pass)."""
+def _model_mode(open_stream, n, shape, basis, so, mopts, progress, device, dtype, kernel=None) -> Metrics:
+    """Model mode: everything follows from the N x N kernel of the models (given, or one pass)."""
     m, ncol = shape
     notes: list[str] = []
-    raw = _raw_kernel(open_stream, n, shape, mopts, progress, device, dtype)
+    raw = _raw_kernel(open_stream, n, shape, so, mopts, progress, kernel)
     kmat = double_center(raw) if so.center != "none" else raw
     kk = basis.shape[1]
     scores, curves = kernel_scores(kmat, mopts.k_coord)
@@ -314,72 +305,46 @@ def _model_mode(open_stream, n, shape, basis, so, mopts, progress, device, dtype
     idx = np.arange(n)
     if mopts.folds >= 2 and n >= 2:
         folds = heldout.fold_assignment(n, mopts.folds, mopts.seed)
-        res.folds, res.heldout_kfold = folds, np.zeros((n, kk))
-        res.mean_kfold_captured, res.mean_kfold_error = np.zeros(n), np.zeros(n)
+        ho = res.heldout = HeldOut(folds=folds, kfold=np.zeros((n, kk)), mean_kfold_captured=np.zeros(n),
+                                   mean_kfold_error=np.zeros(n))
         for f in range(int(folds.max()) + 1):
             test, train = idx[folds == f], idx[folds != f]
-            res.heldout_kfold[test] = heldout.kernel_heldout(raw, train, test, kk, so.center)
-            res.mean_kfold_captured[test], res.mean_kfold_error[test] = _kernel_mean_only(raw, train, test)
+            ho.kfold[test] = heldout.kernel_heldout(raw, train, test, kk, so.center)
+            ho.mean_kfold_captured[test], ho.mean_kfold_error[test] = _kernel_mean_only(raw, train, test)
     do_loo = n >= 3 and (mopts.loo == "on" or (mopts.loo == "auto" and n**4 <= _LOO_FLOPS))
     if do_loo:
-        res.heldout_loo = np.zeros((n, kk))
-        res.mean_loo_captured, res.mean_loo_error = np.zeros(n), np.zeros(n)
+        ho = res.heldout = res.heldout or HeldOut()
+        ho.loo, ho.mean_loo_captured, ho.mean_loo_error = np.zeros((n, kk)), np.zeros(n), np.zeros(n)
         for i in range(n):
             train, test = idx[idx != i], np.array([i])
-            res.heldout_loo[i] = heldout.kernel_heldout(raw, train, test, kk, so.center)[0]
-            res.mean_loo_captured[test], res.mean_loo_error[test] = _kernel_mean_only(raw, train, test)
+            ho.loo[i] = heldout.kernel_heldout(raw, train, test, kk, so.center)[0]
+            ho.mean_loo_captured[test], ho.mean_loo_error[test] = _kernel_mean_only(raw, train, test)
     if mopts.null_draws:
-        _set_null(res, baselines.model_null_band(res.norms2, m * ncol, so.center != "none", mopts.null_draws, mopts.seed))
+        band = baselines.model_null_band(res.norms2, m * ncol, so.center != "none", mopts.null_draws, mopts.seed)
+        _set_null(res, band)
     notes.append("model x model, group and two-sided metrics are defined for out/in modes only")
     return res
 
 
-def _raw_kernel(open_stream, n, shape, mopts, progress, device, dtype) -> np.ndarray:
-    """K_ij = <W_i, W_j>_F of the raw models, shape (N, N).
+def _raw_kernel(open_stream, n, shape, so, mopts, progress, kernel) -> np.ndarray:
+    """K_ij = <W_i, W_j>_F of the raw models, shape (N, N), float64 (a copy).
 
-    Dense models are stacked (N x mn); when that exceeds max_memory_mb, K is summed over slices
-    of the flattened models, one pass per slice, holding N x slice at a time.  LoRA triples are
-    kept as factors: K_ij = s_i s_j sum((B_i^T B_j) * (A_i A_j^T)), i.e. block sums of the
-    elementwise product of the two (sum r) x (sum r) Grams of the stacked factors.
+    The decomposition's own kernel when given: the pipeline builds K once
+    (:func:`explorer.engine.model_gram.model_kernel`), so the models are not read again.
+    Otherwise the engine builds it from ``open_stream``: dense models stacked, or by row-blocks
+    of at most half of max_memory_mb (one pass per block); LoRA factors in one pass.
     """
-    m, ncol = shape
-    mn = m * ncol
-    budget = mopts.max_memory_mb * 2**20
-    elt = torch.tensor([], dtype=dtype).element_size()
-    slices = max(1, -(-n * mn * elt // max(1, budget // 2)))
-    step = -(-mn // slices)
-    kmat = torch.zeros(n, n, dtype=dtype, device=device)
-    lefts, rights = [], []
-    for p in range(slices):
-        rows = []
-        label = "metrics: reading models" + (f" (slice {p + 1}/{slices})" if slices > 1 else "")
-        for i, item in _read(open_stream(), n, progress, label):
-            x = SideMatrix.from_item(item, i, "out", shape, device, dtype)
-            if x.factored:
-                lefts.append(x.left)
-                rights.append(x.right)
-            else:
-                rows.append(x.x.reshape(-1)[p * step:(p + 1) * step])
-        if lefts:
-            break  # factors: one pass is enough, whatever the budget
-        xs = torch.stack(rows)
-        kmat.addmm_(xs, xs.T)
-        del rows, xs
-    if not lefts:
-        return kmat.cpu().double().numpy()
-    ranks = [b.shape[1] for b in lefts]
-    total = sum(ranks)
-    if 2 * total * total * 8 > budget:
-        raise InputError(
-            f"model-mode metrics need two {total} x {total} factor Grams, over max_memory_mb={mopts.max_memory_mb}"
-        )
-    bcat, acat = torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
-    prod = ((bcat.T @ bcat) * (acat @ acat.T)).cpu().double().numpy()
-    edges = np.concatenate([[0], np.cumsum(ranks)])
-    cs = np.zeros((total + 1, total + 1))
-    cs[1:, 1:] = prod.cumsum(0).cumsum(1)
-    a, b = edges[1:], edges[:-1]
-    return cs[a][:, a] - cs[b][:, a] - cs[a][:, b] + cs[b][:, b]
+    if kernel is None:
+        label = None if progress is None else (lambda d, t, what: progress(d, t, f"metrics: {what}"))
+        budget = mopts.max_memory_mb * 2**20
+        kernel = model_kernel(open_stream, n, shape, so, label, block_bytes=max(1, budget // 2))
+    if isinstance(kernel, torch.Tensor):
+        raw = kernel.detach().cpu().double().numpy().copy()
+    else:
+        raw = np.array(kernel, dtype=np.float64)
+    if raw.shape != (n, n):
+        raise InputError(f"model kernel has shape {raw.shape}, expected {(n, n)}")
+    return raw
 
 
 def _kernel_mean_only(raw: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

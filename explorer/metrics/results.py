@@ -72,6 +72,120 @@ class MetricsOptions:
 
 
 @dataclass
+class NullBand:
+    """The strength-matched Gaussian null's spectrum: median and 5 % / 95 % band.
+
+    Attributes
+    ----------
+    evr_median, evr_lo, evr_hi : ndarray, shape (d,)
+        Median and 5 % / 95 % quantiles of the EVR at each component index.
+    cum_median, cum_lo, cum_hi : ndarray, shape (d,)
+        The same for the cumulative EVR.
+    mp_edge_evr : float
+        Marchenko-Pastur upper edge in EVR units.
+    draws : int
+        Null draws the quantiles come from.
+    exact : bool
+        False when models were pooled into norm bins to stay within the flop budget.
+    """
+
+    evr_median: np.ndarray
+    evr_lo: np.ndarray
+    evr_hi: np.ndarray
+    cum_median: np.ndarray
+    cum_lo: np.ndarray
+    cum_hi: np.ndarray
+    mp_edge_evr: float
+    draws: int
+    exact: bool
+
+    @property
+    def evr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(median, p05, p95) of the EVR, each shape (d,): what the scree figure draws."""
+        return self.evr_median, self.evr_lo, self.evr_hi
+
+    @property
+    def cumulative(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(median, p05, p95) of the cumulative EVR, each shape (d,)."""
+        return self.cum_median, self.cum_lo, self.cum_hi
+
+
+@dataclass
+class HeldOut:
+    """Held-out coverage and the mean-only baseline (``N`` models, ``K`` stored ranks).
+
+    Attributes
+    ----------
+    folds : ndarray of int, shape (N,) or None
+        Fold of each model in the k-fold coverage (None when k-fold was off or skipped).
+    kfold, loo : ndarray, shape (N, K) or None
+        One-sided captured energy of each model by the basis fitted without its fold / itself.
+    mean_kfold_captured, mean_kfold_error, mean_loo_captured, mean_loo_error : ndarray, (N,) or None
+        Mean-only baseline: share of ||W_i||^2 along the held-out fold's mean model and relative
+        error ||W_i - mu|| / ||W_i|| of reconstructing W_i by that mean (raw, uncentered W_i).
+    """
+
+    folds: np.ndarray | None = None
+    kfold: np.ndarray | None = None
+    loo: np.ndarray | None = None
+    mean_kfold_captured: np.ndarray | None = None
+    mean_kfold_error: np.ndarray | None = None
+    mean_loo_captured: np.ndarray | None = None
+    mean_loo_error: np.ndarray | None = None
+
+    @property
+    def n_folds(self) -> int:
+        """Number of folds (0 when k-fold coverage was not computed)."""
+        return int(self.folds.max() + 1) if self.folds is not None else 0
+
+
+@dataclass
+class Overlaps:
+    """The models' own top-k subspaces against each other and against the shared basis.
+
+    Attributes
+    ----------
+    own : ndarray, shape (N, N)
+        Overlap of the models' own top-k_angles left singular subspaces (model x model), each from
+        the SVD of the model's own matrix as read (before centering).
+    cosines : ndarray, shape (N, k_angles)
+        Principal cosines between each model's own subspace and the shared top-k_angles basis.
+    vs_universal : ndarray, shape (N,)
+        Overlap of each model's own subspace with the shared basis.
+    """
+
+    own: np.ndarray
+    cosines: np.ndarray
+    vs_universal: np.ndarray
+
+    @property
+    def k(self) -> int:
+        """Dimension k of the subspaces compared."""
+        return int(self.cosines.shape[1])
+
+
+@dataclass
+class Groups:
+    """Bases fitted per metadata group, and their overlaps (``G`` groups).
+
+    Attributes
+    ----------
+    by : str
+        The metadata column that defines the groups.
+    names : list of str, length G
+    bases : ndarray, shape (G, d, k_angles)
+    overlap : ndarray, shape (G, G)
+    vs_universal : ndarray, shape (G,)
+    """
+
+    by: str
+    names: list[str]
+    bases: np.ndarray
+    overlap: np.ndarray
+    vs_universal: np.ndarray
+
+
+@dataclass
 class Metrics:
     """Everything beyond the spectrum that the views show, for one layer group.
 
@@ -95,28 +209,14 @@ class Metrics:
         K_ij = <W_i, W_j>_F after centering (small families and model mode).
     other_basis : ndarray, shape (e, K2) or None
         The basis of the other side (V in out-mode, U in in-mode), used for two-sided metrics.
-    folds : ndarray of int, shape (N,) or None
-        Fold of each model in the k-fold coverage.
-    heldout_kfold, heldout_loo : ndarray, shape (N, K) or None
-        One-sided captured energy of each model by the basis fitted without its fold / itself.
-    mean_kfold_captured, mean_kfold_error, mean_loo_captured, mean_loo_error : ndarray, (N,)
-        Mean-only baseline: share of ||W_i||^2 along the held-out fold's mean model and relative
-        error ||W_i - mu|| / ||W_i|| of reconstructing W_i by that mean (raw, uncentered W_i).
-    own_overlap : ndarray, shape (N, N) or None
-        Overlap of the models' own top-k_angles left singular subspaces (model x model), each from
-        the SVD of the model's own matrix as read (before centering).
-    own_cosines : ndarray, shape (N, k_angles) or None
-        Principal cosines between each model's own subspace and the shared top-k_angles basis.
-    own_vs_universal : ndarray, shape (N,) or None
-        Overlap of each model's own subspace with the shared basis.
-    group_names : list of str
-    group_bases : ndarray, shape (G, d, k_angles) or None
-    group_overlap : ndarray, shape (G, G) or None
-    group_vs_universal : ndarray, shape (G,) or None
-    null_* : ndarray, shape (d,) or None
-        Median and 5 % / 95 % band of the strength-matched Gaussian null's EVR and cumulative EVR.
+    heldout : HeldOut or None
+    overlaps : Overlaps or None
+    groups : Groups or None
+    null : NullBand or None
+        The strength-matched Gaussian null (None when skipped: see ``notes``).
     mp_edge_evr : float or None
-        Marchenko-Pastur upper edge of that null, in EVR units.
+        Marchenko-Pastur upper edge of that null, in EVR units (kept when the band is skipped).
+    notes : list of str
     """
 
     norms2: np.ndarray
@@ -126,51 +226,50 @@ class Metrics:
     scores: np.ndarray | None = None
     kernel: np.ndarray | None = None
     other_basis: np.ndarray | None = None
-    folds: np.ndarray | None = None
-    heldout_kfold: np.ndarray | None = None
-    heldout_loo: np.ndarray | None = None
-    mean_kfold_captured: np.ndarray | None = None
-    mean_kfold_error: np.ndarray | None = None
-    mean_loo_captured: np.ndarray | None = None
-    mean_loo_error: np.ndarray | None = None
-    own_overlap: np.ndarray | None = None
-    own_cosines: np.ndarray | None = None
-    own_vs_universal: np.ndarray | None = None
-    group_by: str | None = None
-    group_names: list[str] = field(default_factory=list)
-    group_bases: np.ndarray | None = None
-    group_overlap: np.ndarray | None = None
-    group_vs_universal: np.ndarray | None = None
-    null_evr_median: np.ndarray | None = None
-    null_evr_lo: np.ndarray | None = None
-    null_evr_hi: np.ndarray | None = None
-    null_cum_median: np.ndarray | None = None
-    null_cum_lo: np.ndarray | None = None
-    null_cum_hi: np.ndarray | None = None
+    heldout: HeldOut | None = None
+    overlaps: Overlaps | None = None
+    groups: Groups | None = None
+    null: NullBand | None = None
     mp_edge_evr: float | None = None
-    null_exact: bool | None = None
     notes: list[str] = field(default_factory=list)
 
+    def curves(self, kind: str) -> np.ndarray | None:
+        """Per-model captured-energy curves (N, K) of one kind, or None when not computed.
+
+        ``kind``: ``one`` / ``two`` (in-sample one- / two-sided), ``kfold`` / ``loo`` (held-out).
+        """
+        if kind not in ENERGY_KINDS:
+            raise OptionError(f"energy kind {kind!r} is not one of {', '.join(ENERGY_KINDS)}")
+        if kind in ("one", "two"):
+            return self.energy_one if kind == "one" else self.energy_two
+        return getattr(self.heldout, kind) if self.heldout is not None else None
+
     def summary(self) -> dict[str, object]:
-        """Mean curves and scalars for ``Analysis.to_json`` (lists, JSON-ready)."""
+        """Mean curves and scalars for ``Analysis.to_json`` (lists, JSON-ready; schema 1 keys)."""
         out: dict[str, object] = {"notes": list(self.notes)}
-        for name in ("energy_one", "energy_two", "heldout_kfold", "heldout_loo"):
-            a = getattr(self, name)
+        for kind, name in zip(ENERGY_KINDS, ("energy_one", "energy_two", "heldout_kfold", "heldout_loo")):
+            a = self.curves(kind)
             if a is not None:
                 out[f"{name}_mean"] = a.mean(axis=0).tolist()
-        for name in ("mean_kfold_captured", "mean_kfold_error", "mean_loo_captured", "mean_loo_error"):
-            a = getattr(self, name)
-            if a is not None:
-                out[f"{name}_mean"] = float(a.mean())
-        if self.null_cum_median is not None:
-            out["null_cumulative_median"] = self.null_cum_median.tolist()
-            out["null_cumulative_p05"] = self.null_cum_lo.tolist()
-            out["null_cumulative_p95"] = self.null_cum_hi.tolist()
+        if self.heldout is not None:
+            for name in ("mean_kfold_captured", "mean_kfold_error", "mean_loo_captured", "mean_loo_error"):
+                a = getattr(self.heldout, name)
+                if a is not None:
+                    out[f"{name}_mean"] = float(a.mean())
+        if self.null is not None:
+            out["null_cumulative_median"] = self.null.cum_median.tolist()
+            out["null_cumulative_p05"] = self.null.cum_lo.tolist()
+            out["null_cumulative_p95"] = self.null.cum_hi.tolist()
             out["mp_edge_evr"] = self.mp_edge_evr
-        if self.group_overlap is not None:
-            out["groups"] = {"by": self.group_by, "names": self.group_names,
-                             "overlap": self.group_overlap.tolist()}
+        if self.groups is not None:
+            out["groups"] = {"by": self.groups.by, "names": self.groups.names,
+                             "overlap": self.groups.overlap.tolist()}
         return out
+
+
+# The nested parts of Metrics, by field name (for serialisation).
+PARTS: dict[str, type] = {"heldout": HeldOut, "overlaps": Overlaps, "groups": Groups, "null": NullBand}
+ENERGY_KINDS: tuple[str, ...] = ("one", "two", "kfold", "loo")
 
 
 def energy_at(curves: np.ndarray, k: int) -> np.ndarray:

@@ -11,16 +11,17 @@
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from explorer.core.atomic import atomic_write_bytes
+from explorer.core.progress import ProgressFn
 from explorer.core.version import __version__
 from explorer.figures import (
     coverage_figure,
@@ -33,6 +34,8 @@ from explorer.outputs.export import basis_safetensors
 from explorer.pipeline.result import Analysis
 from explorer.present.curves import coverage_curves
 from explorer.present.embedding import embed
+from explorer.present.overlap import overlap_scale
+from explorer.present.tables import default_group_column, metadata_table
 
 TAU = 0.9
 
@@ -55,17 +58,17 @@ def spectrum_table(res: Analysis) -> pd.DataFrame:
     df = pd.DataFrame({"j": np.arange(1, len(sp.eigenvalues) + 1), "singular_value": sp.singular_values,
                        "evr": sp.evr, "cumulative_evr": sp.cumulative})
     m = res.metrics
-    if m is not None and m.null_evr_median is not None:
+    if m is not None and m.null is not None:
         n = len(df)
-        df["null_evr_median"] = m.null_evr_median[:n]
-        df["null_evr_p05"] = m.null_evr_lo[:n]
-        df["null_evr_p95"] = m.null_evr_hi[:n]
+        df["null_evr_median"] = m.null.evr_median[:n]
+        df["null_evr_p05"] = m.null.evr_lo[:n]
+        df["null_evr_p95"] = m.null.evr_hi[:n]
     return df
 
 
 def models_table(res: Analysis, k: int) -> pd.DataFrame:
     """Per-model labels, captured energy at rank k (in-sample and held-out) and overlaps."""
-    df = pd.DataFrame([{"name": n, **lab} for n, lab in zip(res.models, res.labels)])
+    df = metadata_table(res)
     m = res.metrics
     if m is None:
         return df
@@ -73,12 +76,11 @@ def models_table(res: Analysis, k: int) -> pd.DataFrame:
     df[f"energy_one_sided_k{kk}"] = m.energy_one[:, kk - 1]
     if m.energy_two is not None:
         df[f"energy_two_sided_k{min(kk, m.energy_two.shape[1])}"] = m.energy_two[:, min(kk, m.energy_two.shape[1]) - 1]
-    if m.heldout_kfold is not None:
-        df[f"heldout_kfold_k{kk}"] = m.heldout_kfold[:, kk - 1]
-    if m.heldout_loo is not None:
-        df[f"heldout_loo_k{kk}"] = m.heldout_loo[:, kk - 1]
-    if m.own_vs_universal is not None:
-        df["overlap_with_universal"] = m.own_vs_universal
+    for kind in ("kfold", "loo"):
+        if m.curves(kind) is not None:
+            df[f"heldout_{kind}_k{kk}"] = m.curves(kind)[:, kk - 1]
+    if m.overlaps is not None:
+        df["overlap_with_universal"] = m.overlaps.vs_universal
     return df
 
 
@@ -87,24 +89,23 @@ def layer_figures(res: Analysis) -> list[tuple[str, go.Figure]]:
     sp, m = res.spectrum, res.metrics
     name = f"{res.group.name} · {res.view} · {sp.mode}-mode"
     figs = []
-    null = (m.null_evr_median, m.null_evr_lo, m.null_evr_hi) if m is not None and m.null_evr_median is not None else None
-    figs.append(("Spectrum", scree_figure(sp, TAU, null_evr=null, mp_edge_evr=m.mp_edge_evr if m else None,
+    figs.append(("Spectrum", scree_figure(sp, TAU, null=m.null if m is not None else None, mp_edge_evr=m.mp_edge_evr if m else None,
                                           title=f"Scree — {name}")))
     if m is None:
         return figs
-    d = sp.basis.shape[0]
-    if m.own_overlap is not None:
-        k = m.own_cosines.shape[1] if m.own_cosines is not None else 8
-        figs.append(("Overlap", overlap_heatmap_figure(m.own_overlap, res.models, expectation=k / d,
+    table = metadata_table(res)
+    color = default_group_column(table)
+    scale = overlap_scale(res)
+    if scale is not None:
+        figs.append(("Overlap", overlap_heatmap_figure(m.overlaps.own, res.models, expectation=scale.expectation,
                                                        title=f"Model × model overlap — {name}")))
-        groups = [lab.get("task_group", lab.get("group", "")) for lab in res.labels]
+        groups = table[color].astype(str).tolist() if color is not None else None
         figs.append(("Overlap with the universal subspace",
-                     universal_overlap_figure(res.models, m.own_vs_universal, groups if any(groups) else None,
-                                              expectation=k / d, title=f"Overlap with the universal subspace — {name}")))
+                     universal_overlap_figure(res.models, m.overlaps.vs_universal, groups,
+                                              expectation=scale.expectation,
+                                              title=f"Overlap with the universal subspace — {name}")))
     feats = m.coords if m.coords is not None else m.scores
     if feats is not None and len(res.models) >= 3:
-        table = pd.DataFrame([{"name": n, **lab} for n, lab in zip(res.models, res.labels)])
-        color = next((c for c in ("task_group", "group", "init_group", "task") if c in table), None)
         figs.append(("Embedding", embedding_figure(embed(feats, "pca", 2), table, color,
                                                    title=f"Models in the shared basis (PCA) — {name}")))
     cov = coverage_curves(res)
@@ -119,15 +120,38 @@ def _summary_html(res: Analysis) -> str:
             ("mode", sp.mode), ("centering", sp.center),
             ("k at 50 / 90 / 99 %", f"{sp.k_at(0.5)} / {sp.k_at(0.9)} / {sp.k_at(0.99)}"),
             ("EVR of the top component", f"{sp.evr[0]:.4f}")]
-    if m is not None and m.null_cum_median is not None:
+    if m is not None and m.null is not None:
         k = min(16, len(sp.cumulative))
-        rows.append((f"top-{k} cumulative EVR vs null median", f"{sp.cumulative[k - 1]:.4f} vs {m.null_cum_median[k - 1]:.4f}"))
+        rows.append((f"top-{k} cumulative EVR vs null median", f"{sp.cumulative[k - 1]:.4f} vs {m.null.cum_median[k - 1]:.4f}"))
     rows.append(("cache key", res.cache_key or "—"))
     return "<table>" + "".join(f"<tr><th>{html.escape(str(a))}</th><td>{html.escape(str(b))}</td></tr>" for a, b in rows) + "</table>"
 
 
+def skipped_html(results: Sequence[Analysis]) -> str:
+    """The members left out of the analyses (name, file, reason), as an HTML table; ``""`` if none.
+
+    A member skipped for NaN/Inf in one layer group only is listed once, with the groups it was
+    left out of.
+    """
+    rows: dict[tuple[str, str, str], list[str]] = {}
+    for res in results:
+        for s in res.skipped:
+            rows.setdefault((s.name, s.path, s.reason), []).append(res.group.name)
+    if not rows:
+        return ""
+    every = len(results)
+    body = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{html.escape(p)}</td><td>{html.escape(r)}</td>"
+        f"<td>{'all' if len(groups) == every else html.escape(', '.join(groups))}</td></tr>"
+        for (n, p, r), groups in rows.items())
+    return (f'<section id="skipped"><h2>{len(rows)} members skipped</h2><p>These members of the family could '
+            "not be used and are left out of the analyses below (<code>--strict</code> refuses such a family "
+            "instead).</p><table><tr><th>member</th><th>path</th><th>reason</th><th>layer groups</th></tr>"
+            f"{body}</table></section>")
+
+
 def write_report(results: Sequence[Analysis], out: str | Path,
-                 progress: Callable[[int, int, str], None] | None = None) -> ReportFiles:
+                 progress: ProgressFn | None = None) -> ReportFiles:
     """Write report.html and the data files for several analyses into ``out``.
 
     Each file is written to a temporary name and renamed, so an interrupted run leaves no
@@ -159,15 +183,13 @@ th,td{{border:1px solid #ddd;padding:4px 10px;text-align:left}}th{{background:#f
 <body><h1>Subspace Explorer report</h1><p>Family <b>{html.escape(family)}</b> ({html.escape(results[0].source if results else "")}),
 {len(results[0].models) if results else 0} models. Generated by subspace-explorer {__version__}. Every claim is shown beside its
 baselines: the strength-matched Gaussian null (median, 5–95 % band, Marchenko–Pastur edge), the random-subspace
-expectation k/d, held-out coverage and the mean-only reconstruction.</p>{''.join(sections)}</body></html>"""
+expectation k/d, held-out coverage and the mean-only reconstruction.</p>{skipped_html(results)}{''.join(sections)}</body></html>"""
     path = out / "report.html"
     _write(path, page.encode("utf-8"), None)
     return ReportFiles(path, tuple(data))
 
 
 def _write(path: Path, blob: bytes, written: list[Path] | None) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, blob)
     if written is not None:
         written.append(path)

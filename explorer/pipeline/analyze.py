@@ -3,25 +3,34 @@
 :func:`analyze` computes; :func:`analyze_cached` does the same through the content-addressed
 disk cache (:mod:`explorer.pipeline.cache`) from small hashable arguments only, so a Streamlit page can
 wrap it in ``st.cache_data`` keyed by those arguments; :func:`cache_key` prints the key.
+
+Bad members are skipped and named, one policy for every kind: those that cannot be loaded are
+already in ``Family.skipped``; a member whose data for the analysed group holds NaN or Inf (only
+reading it shows that) is left out when it is found, and the analysis starts again without it.
+Both end up in ``Analysis.skipped``.  ``strict=True`` refuses instead, naming the first.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
 
+import torch
+
 from explorer.catalog.groups import LayerGroup, build_catalog, find_group
 from explorer.catalog.views import FactorStream, default_view, stream_for_view
+from explorer.core.errors import MemberError
 from explorer.core.progress import ProgressFn
 from explorer.engine import memory
 from explorer.engine.dense import decompose
 from explorer.engine.factored import decompose_factored
-from explorer.engine.model_gram import family_row_reader
+from explorer.engine.model_gram import decompose_kernel, family_row_reader, model_kernel
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.metrics.passes import compute_metrics
 from explorer.metrics.results import MetricsOptions
 from explorer.pipeline.cache import ResultCache, family_fingerprint, make_key
 from explorer.pipeline.result import ENGINE_VERSION, Analysis
+from explorer.pipeline.result_io import SCHEMA as RESULT_SCHEMA
 from explorer.pipeline.result_io import from_payload, to_payload
-from explorer.sources.family import Family
+from explorer.sources.family import Family, Skipped, check_strict
 from explorer.sources.resolve import load_family
 
 __all__ = ["Analysis", "ENGINE_VERSION", "analyze", "analyze_cached", "cache_key"]
@@ -39,6 +48,18 @@ def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None, row
     return decompose(stream.open, stream.n_models, stream.shape, options, progress, row_reader=row_reader)
 
 
+def _model_spectrum(stream, options: SpectralOptions, progress: ProgressFn | None,
+                    row_reader=None) -> tuple[Spectrum, torch.Tensor]:
+    """Model mode: the raw kernel K (N x N) built once, and its spectrum.
+
+    The same K is handed to the metrics (``compute_metrics(kernel=K)``), so a model-mode analysis
+    reads every model once.  Same numbers as :func:`_spectrum` (the engine's own two steps).
+    """
+    kernel = model_kernel(stream.open, stream.n_models, stream.shape, options, progress, row_reader=row_reader)
+    method = "factored" if isinstance(stream, FactorStream) else "exact"
+    return decompose_kernel(kernel, stream.n_models, stream.shape, options, method=method), kernel
+
+
 def _resolve(family: Family, layer: str | LayerGroup, view: str | None) -> tuple[LayerGroup, str]:
     group = layer if isinstance(layer, LayerGroup) else find_group(build_catalog(family), layer)
     if view is None:
@@ -54,6 +75,7 @@ def analyze(
     options: SpectralOptions = SpectralOptions(),
     progress: ProgressFn | None = None,
     metrics: MetricsOptions | None = MetricsOptions(),
+    strict: bool = False,
 ) -> Analysis:
     """Decompose one layer group of a family, and compute its metrics and baselines.
 
@@ -69,8 +91,35 @@ def analyze(
         Called once per model read (the engine's pass, then the two metrics passes).
     metrics : MetricsOptions or None
         None computes the spectrum only (one pass).
+    strict : bool
+        Refuse a family that has skipped members, or a member whose data holds NaN or Inf,
+        instead of leaving them out (``Analysis.skipped`` lists what was left out).
+
+    Raises
+    ------
+    InputError
+        For bad input; with ``strict``, one line naming the first bad member and why.
     """
+    if strict:
+        check_strict(family.source, family.skipped)
     group, view = _resolve(family, layer, view)
+    while True:
+        try:
+            return _analyze_once(family, group, view, options, progress, metrics)
+        except MemberError as exc:
+            if exc.member not in {m.name for m in family.models}:
+                raise  # the base model: not a member that can be left out
+            found = Skipped(exc.member, exc.path, str(exc))
+            if strict:
+                check_strict(family.source, [found])
+            # The passes so far included the member: start again without it (once per bad member;
+            # a family left with no model raises, naming the members skipped).
+            family = family.skip([found])
+
+
+def _analyze_once(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
+                  progress: ProgressFn | None, metrics: MetricsOptions | None) -> Analysis:
+    """One attempt of :func:`analyze`; raises MemberError at the first member with NaN/Inf data."""
     stream = stream_for_view(family, group, view)
     # Mixed-rank padding and the memory guard: refuse before any tensor is read.
     what = f"view {view!r} of {group.name!r}"
@@ -80,13 +129,18 @@ def analyze(
     row_reader = None
     if options.mode == "model" and view in ("full", "delta"):
         row_reader = family_row_reader(family, group.tensor, base=family.base if view == "delta" else None)
-    spectrum = _spectrum(stream, options, progress, row_reader)
+    kernel = None
+    if options.mode == "model":
+        spectrum, kernel = _model_spectrum(stream, options, progress, row_reader)
+    else:
+        spectrum = _spectrum(stream, options, progress, row_reader)
     labels = [m.label_dict for m in family.models]
     result = None
     if metrics is not None:
-        # A FactorStream yields (B, A, s) triples, which the metrics passes keep factored.
+        # A FactorStream yields LowRank items, which the metrics passes keep factored; in model
+        # mode the decomposition's kernel is reused and no model is read again.
         result = compute_metrics(stream.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
-                                 labels, progress, null_ranks=stream.ranks)
+                                 labels, progress, null_ranks=stream.ranks, kernel=kernel)
     return Analysis(
         family=family.name,
         source=family.source,
@@ -98,6 +152,7 @@ def analyze(
         metrics=result,
         metrics_options=metrics,
         labels=labels,
+        skipped=list(family.skipped),
     )
 
 
@@ -106,6 +161,7 @@ def _key_for(family: Family, group: LayerGroup, view: str, options: SpectralOpti
     return make_key(
         "analysis",
         ENGINE_VERSION,
+        RESULT_SCHEMA,  # a change of the stored layout is never served from an older entry
         family_fingerprint(family),
         asdict(group),
         view,
@@ -139,21 +195,34 @@ def analyze_cached(
     metrics: MetricsOptions | None = MetricsOptions(),
     progress: ProgressFn | None = None,
     cache: ResultCache | None = None,
+    *,
+    strict: bool = False,
 ) -> Analysis:
     """:func:`analyze` through the disk cache, from small hashable arguments only.
 
     Concurrent callers with the same key (other app sessions, processes) wait while one of them
     computes, then read its result.  A hit and a miss return identical arrays (both are read back
     from the stored entry).  ``progress`` is called only when something is computed.
+    ``strict`` refuses a family with bad members (see :func:`analyze`), on a hit too.
     """
     # A Family (e.g. loaded with a base model or a name regex) is used as it is.
-    family = source if isinstance(source, Family) else load_family(source, progress=progress)
+    family = source if isinstance(source, Family) else load_family(source, progress=progress, strict=strict)
+    if strict:
+        check_strict(family.source, family.skipped)
     group, view = _resolve(family, layer, view)
     key = _key_for(family, group, view, options, metrics)
     store = cache or ResultCache()
     payload, hit = store.get_or_compute(
-        key, lambda: to_payload(analyze(family, group, view=view, options=options, progress=progress, metrics=metrics))
+        key, lambda: to_payload(analyze(family, group, view=view, options=options, progress=progress,
+                                        metrics=metrics, strict=strict))
     )
     result = from_payload(*payload)
     result.cache_key, result.from_cache = key, hit
+    # The key covers the models that loaded, not the members that failed to: those are this
+    # family's own (an entry is shared with the same models loaded without the broken files).
+    # Members left out for NaN/Inf data are models the key covers, so the entry's list holds.
+    names = {m.name for m in family.models}
+    result.skipped = list(family.skipped) + [s for s in result.skipped if s.name in names]
+    if strict:
+        check_strict(family.source, result.skipped)
     return result

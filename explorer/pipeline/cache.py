@@ -5,9 +5,10 @@ bytes), the model names and labels, and whatever the caller adds (layer group, v
 engine version) — so editing, replacing or touching a weight file invalidates its entries.
 
 Entry: one file ``results/<key[:2]>/<key>.sxr`` = a magic line, the sha256 of the payload, then
-the payload (a safetensors blob whose metadata holds the JSON part).  It is written to a temporary
-file in the same folder, fsync'ed and ``os.replace``'d into place, so readers never see half an
-entry; the checksum is verified on every read, and a damaged entry is recomputed, never served.
+the payload (a safetensors blob whose metadata holds the JSON part and the entry's own key).  It is
+written to a temporary file in the same folder, fsync'ed and ``os.replace``'d into place, so readers
+never see half an entry; the checksum and the key are verified on every read, and a damaged entry
+(or a valid entry of another key, copied onto this one's file) is recomputed, never served.
 Several processes share the cache: a per-key ``fcntl.flock`` lets one compute while the others
 wait, then read what it wrote.
 """
@@ -17,7 +18,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,6 +26,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from explorer.core.atomic import atomic_write_bytes
 from explorer.core.paths import cache_root
 
 try:  # POSIX; on other systems the cache still works, without cross-process waiting.
@@ -82,15 +83,29 @@ def make_key(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def encode(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
-    """Serialise arrays (safetensors) and JSON metadata into one checksummed blob."""
+def encode(arrays: dict[str, np.ndarray], meta: dict[str, Any], key: str | None = None) -> bytes:
+    """Serialise arrays (safetensors) and JSON metadata into one checksummed blob.
+
+    ``key``, when given, is stored inside the checksummed payload, binding the blob to that key
+    (see :func:`decode`).
+    """
     arrs = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    payload = st_save(arrs, metadata={"json": json.dumps(meta, sort_keys=True)})
+    # One metadata entry only: safetensors writes several in hash order, which varies between
+    # processes, and equal results must be equal bytes.
+    if key is None:
+        header = {"json": json.dumps(meta, sort_keys=True)}
+    else:
+        header = {"entry": json.dumps({"key": key, "meta": meta}, sort_keys=True)}
+    payload = st_save(arrs, metadata=header)
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
-def decode(blob: bytes) -> Payload | None:
-    """Inverse of :func:`encode`; None if the blob is damaged in any way."""
+def decode(blob: bytes, key: str | None = None) -> Payload | None:
+    """Inverse of :func:`encode`; None if the blob is damaged in any way.
+
+    With ``key``, also None unless the blob was encoded for exactly that key: a checksum proves
+    the bytes are intact, not that they are this key's result.
+    """
     head = len(MAGIC) + 65
     if len(blob) < head or not blob.startswith(MAGIC) or blob[head - 1 : head] != b"\n":
         return None
@@ -100,8 +115,15 @@ def decode(blob: bytes) -> Payload | None:
     try:
         arrays = st_load(payload)
         (hlen,) = struct.unpack("<Q", payload[:8])
-        meta = json.loads(json.loads(payload[8 : 8 + hlen])["__metadata__"]["json"])
+        header = json.loads(payload[8 : 8 + hlen])["__metadata__"]
+        if "entry" in header:
+            entry = json.loads(header["entry"])
+            stored_key, meta = entry["key"], entry["meta"]
+        else:
+            stored_key, meta = None, json.loads(header["json"])
     except Exception:  # noqa: BLE001 - any parse failure means "damaged": recompute it
+        return None
+    if key is not None and stored_key != key:
         return None
     return arrays, meta
 
@@ -116,13 +138,13 @@ class ResultCache:
         return self.root / key[:2] / f"{key}.sxr"
 
     def load(self, key: str) -> Payload | None:
-        """The entry for ``key``, or None if absent or damaged (a damaged file is removed)."""
+        """The entry for ``key``, or None if absent, damaged or another key's (such a file is removed)."""
         p = self.path(key)
         try:
             blob = p.read_bytes()
         except FileNotFoundError:
             return None
-        out = decode(blob)
+        out = decode(blob, key)
         if out is None:
             try:
                 p.unlink()
@@ -131,24 +153,8 @@ class ResultCache:
         return out
 
     def store(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-        """Write an entry atomically: temp file in the same folder, fsync, ``os.replace``."""
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(encode(arrays, meta))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(p.parent)
-        return p
+        """Write an entry atomically (:func:`explorer.core.atomic.atomic_write_bytes`)."""
+        return atomic_write_bytes(self.path(key), encode(arrays, meta, key))
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -186,17 +192,3 @@ class ResultCache:
         # Read back what was stored, so a hit and a miss return bit-identical results.
         got = self.load(key)
         return (got if got is not None else (arrays, meta)), False
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist the rename itself (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -16,9 +16,10 @@ from explorer.core.linalg import TAUS, k_table
 from explorer.core.version import __version__ as _pkg_version
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.metrics.baselines import random_subspace_expectation
-from explorer.metrics.results import Metrics, MetricsOptions, energy_at
+from explorer.metrics.results import ENERGY_KINDS, Metrics, MetricsOptions, energy_at
+from explorer.sources.family import Skipped
 
-ENGINE_VERSION = "7"
+ENGINE_VERSION = "8"
 __all__ = ["ENGINE_VERSION", "Analysis"]
 
 
@@ -49,6 +50,9 @@ class Analysis:
         Set by :func:`analyze_cached`.
     from_cache : bool
         True when :func:`analyze_cached` read it from the disk cache.
+    skipped : list of Skipped
+        Members of the family left out of this analysis, each with its path and reason: those
+        that could not be loaded, and those whose data for this group holds NaN or Inf.
     """
 
     family: str
@@ -64,6 +68,7 @@ class Analysis:
     engine_version: str = ENGINE_VERSION
     cache_key: str | None = None
     from_cache: bool = False
+    skipped: list[Skipped] = field(default_factory=list)
 
     def k_at(self) -> dict[str, int]:
         """k(tau) for the standard thresholds, keyed by ``"0.9"`` etc."""
@@ -74,11 +79,10 @@ class Analysis:
 
         ``kind``: ``one`` / ``two`` (in-sample one- / two-sided), ``kfold`` / ``loo`` (held-out).
         """
-        names = {"one": "energy_one", "two": "energy_two", "kfold": "heldout_kfold", "loo": "heldout_loo"}
-        if kind not in names:
-            raise OptionError(f"energy kind {kind!r} is not one of {', '.join(names)}")
-        curves = getattr(self.metrics, names[kind]) if self.metrics is not None else None
+        curves = self.metrics.curves(kind) if self.metrics is not None else None
         if curves is None:
+            if kind not in ENERGY_KINDS:
+                raise OptionError(f"energy kind {kind!r} is not one of {', '.join(ENERGY_KINDS)}")
             raise OptionError(f"energy {kind!r} was not computed for this analysis")
         return energy_at(curves, k)
 
@@ -86,8 +90,8 @@ class Analysis:
         """Per model: name, labels, ||W_i||^2 and captured energy at k(0.9) (fitted and held-out)."""
         m = self.metrics
         k = min(self.spectrum.k_at(0.9), m.energy_one.shape[1])
-        cols = {"energy_one_sided": m.energy_one, "energy_two_sided": m.energy_two,
-                "heldout_kfold": m.heldout_kfold, "heldout_loo": m.heldout_loo}
+        cols = {"energy_one_sided": m.curves("one"), "energy_two_sided": m.curves("two"),
+                "heldout_kfold": m.curves("kfold"), "heldout_loo": m.curves("loo")}
         rows = []
         for i, name in enumerate(self.models):
             row: dict[str, Any] = {"name": name, "labels": self.labels[i] if i < len(self.labels) else {},
@@ -95,8 +99,8 @@ class Analysis:
             for key, a in cols.items():
                 if a is not None:
                     row[key] = float(a[i, min(k, a.shape[1]) - 1])
-            if m.own_vs_universal is not None:
-                row["overlap_with_universal"] = float(m.own_vs_universal[i])
+            if m.overlaps is not None:
+                row["overlap_with_universal"] = float(m.overlaps.vs_universal[i])
             rows.append(row)
         return rows
 
@@ -130,6 +134,7 @@ class Analysis:
             "cumulative_evr": sp.cumulative.tolist(),
             "k_at": self.k_at(),
             "cache_key": self.cache_key,
+            "skipped": [s.to_json() for s in self.skipped],
         }
         if self.metrics is not None:
             out["metrics_options"] = asdict(self.metrics_options) if self.metrics_options else None

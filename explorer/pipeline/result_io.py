@@ -1,12 +1,12 @@
 """Serialise an :class:`~explorer.pipeline.analyze.Analysis` to arrays (safetensors) + JSON, and back.
 
-Arrays are named ``spectrum.<field>`` and ``metrics.<field>``; every
+Arrays are named ``spectrum.<field>``, ``metrics.<field>`` and ``metrics.<part>.<field>``; every
 other value (names, options, notes, scalars) goes into one JSON document.  The round trip is
 exact: arrays keep their dtype and bits, and JSON floats are written with full precision.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -14,20 +14,28 @@ import numpy as np
 from explorer.catalog.groups import LayerGroup
 from explorer.core.errors import InputError
 from explorer.engine.options import SpectralOptions, Spectrum
-from explorer.metrics.results import Metrics, MetricsOptions
+from explorer.metrics.results import PARTS, Metrics, MetricsOptions
 from explorer.pipeline.cache import decode, encode
 from explorer.pipeline.result import Analysis
+from explorer.sources.family import Skipped
 
-SCHEMA = "subspace-explorer/result/1"
+# 2: Metrics nested into HeldOut, Overlaps, Groups and NullBand parts (engine version 7).
+SCHEMA = "subspace-explorer/result/2"
 
 
 def _split(obj: Any, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Move ndarray fields of a dataclass into ``arrays``; return the rest as a dict."""
+    """Move ndarray fields of a dataclass into ``arrays``; return the rest as a dict.
+
+    Nested dataclasses (the parts of :class:`Metrics`) are split the same way under
+    ``prefix.<field>``; a part that is None stays None in the JSON.
+    """
     rest: dict[str, Any] = {}
     for f in fields(obj):
         v = getattr(obj, f.name)
         if isinstance(v, np.ndarray):
             arrays[f"{prefix}.{f.name}"] = v
+        elif is_dataclass(v):
+            rest[f.name] = _split(v, f"{prefix}.{f.name}", arrays)
         else:
             rest[f.name] = list(v) if isinstance(v, tuple) else v
     return rest
@@ -58,6 +66,7 @@ def to_payload(analysis: Analysis) -> tuple[dict[str, np.ndarray], dict[str, Any
         "metrics_options": asdict(analysis.metrics_options) if analysis.metrics_options else None,
         "spectrum": _split(analysis.spectrum, "spectrum", arrays),
         "metrics": _split(analysis.metrics, "metrics", arrays) if analysis.metrics is not None else None,
+        "skipped": [s.to_json() for s in analysis.skipped],
     }
     return arrays, meta
 
@@ -72,7 +81,13 @@ def from_payload(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Analysi
     spectrum = Spectrum(**_gather(arrays, "spectrum"), **sp)
     metrics = None
     if meta.get("metrics") is not None:
-        metrics = Metrics(**_gather(arrays, "metrics"), **meta["metrics"])
+        scalars = dict(meta["metrics"])
+        parts = {name: None if scalars.get(name) is None else
+                 cls(**_gather(arrays, f"metrics.{name}"), **scalars[name])
+                 for name, cls in PARTS.items()}
+        for name in PARTS:
+            scalars.pop(name, None)
+        metrics = Metrics(**_gather(arrays, "metrics"), **scalars, **parts)
     # JSON turned the group's tuples into lists; a frozen, hashable LayerGroup needs them back.
     group = {k: _tuplify(v) for k, v in meta["group"].items()}
     mo = meta.get("metrics_options")
@@ -88,6 +103,7 @@ def from_payload(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Analysi
         metrics_options=MetricsOptions(**mo) if mo else None,
         labels=[dict(lab) for lab in meta.get("labels", [])],
         engine_version=meta["engine_version"],
+        skipped=[Skipped.from_json(s) for s in meta.get("skipped", [])],
     )
 
 

@@ -1,1 +1,1 @@
-"""Stage 7: tables, curves, embeddings and decimation derived from analyses, for figures, pages and reports."""
+"""Stage 7: tables, curves, overlap scales, embeddings and decimation derived from analyses, for figures, pages and reports."""

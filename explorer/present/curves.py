@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,16 +58,44 @@ def coverage_curves(res: Analysis) -> Coverage:
         cov.bands[label] = (np.percentile(per_model, 5, axis=0), np.percentile(per_model, 95, axis=0))
 
     add("fitted (in-sample)", m.energy_one)
-    folds = int(m.folds.max() + 1) if m.folds is not None else 0
-    add(f"held-out ({folds}-fold)" if folds else "held-out (k-fold)", m.heldout_kfold)
-    add("held-out (leave-one-out)", m.heldout_loo)
-    if m.null_cum_median is not None:
-        cov.curves["null median (fitted)"] = m.null_cum_median
-        cov.bands["null median (fitted)"] = (m.null_cum_lo, m.null_cum_hi)
+    folds = m.heldout.n_folds if m.heldout is not None else 0
+    add(f"held-out ({folds}-fold)" if folds else "held-out (k-fold)", m.curves("kfold"))
+    add("held-out (leave-one-out)", m.curves("loo"))
+    if m.null is not None:
+        cov.curves["null median (fitted)"] = m.null.cum_median
+        cov.bands["null median (fitted)"] = (m.null.cum_lo, m.null.cum_hi)
     kmax = m.energy_one.shape[1]
     cov.curves["random subspace"] = res.random_subspace()[:kmax]
-    if m.mean_kfold_captured is not None:
-        cov.levels["mean-only (k-fold)"] = float(m.mean_kfold_captured.mean())
-    elif m.mean_loo_captured is not None:
-        cov.levels["mean-only (LOO)"] = float(m.mean_loo_captured.mean())
+    ho = m.heldout
+    if ho is not None and ho.mean_kfold_captured is not None:
+        cov.levels["mean-only (k-fold)"] = float(ho.mean_kfold_captured.mean())
+    elif ho is not None and ho.mean_loo_captured is not None:
+        cov.levels["mean-only (LOO)"] = float(ho.mean_loo_captured.mean())
     return cov
+
+
+def cumulative_matrix(curves: Sequence[np.ndarray], max_components: int) -> np.ndarray:
+    """Stack cumulative EVR curves of different lengths into one layers x components matrix.
+
+    Layers of one module type can have different numbers of components (their smaller side
+    differs), so the rows are padded.  A cumulative curve that has ended has reached 1, so the
+    padding is 1, not NaN: the heatmap then shows a short layer as fully explained.
+
+    Parameters
+    ----------
+    curves : sequence of ndarray, each shape (d_l,)
+        Cumulative EVR of each layer (non-decreasing, ending at 1).
+    max_components : int
+        Components shown; the matrix is no wider than the longest curve.
+
+    Returns
+    -------
+    ndarray, shape (L, min(max_components, max_l d_l))
+        Row l is ``curves[l]`` truncated, then padded with 1.
+    """
+    width = int(min(max_components, max((len(c) for c in curves), default=0)))
+    mat = np.ones((len(curves), width))
+    for i, c in enumerate(curves):
+        n = min(width, len(c))
+        mat[i, :n] = np.asarray(c, dtype=float)[:n]
+    return mat

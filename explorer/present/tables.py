@@ -1,7 +1,53 @@
-"""Per-layer summary rows: k at 50/90/99 %, EVR of the top 1 and top 16, and the ratio to the null."""
+"""Tables shown beside the figures: the models' metadata, and per-layer summary rows.
+
+Pages, the report and the CLI build their tables here, so one rule gives one table everywhere.
+"""
 from __future__ import annotations
 
+import pandas as pd
+
+from explorer.metrics.passes import MAX_GROUPS
 from explorer.pipeline.result import Analysis
+
+# Label columns tried, in order, to colour points and bars by group when none is chosen.
+GROUP_COLUMNS: tuple[str, ...] = ("task_group", "group", "init_group", "task")
+
+
+def metadata_table(res: Analysis) -> pd.DataFrame:
+    """One row per model: ``name`` and its metadata labels (columns as the labels have them).
+
+    Returns
+    -------
+    DataFrame, shape (N, 1 + number of label columns)
+    """
+    return pd.DataFrame([{"name": n, **lab} for n, lab in zip(res.models, res.labels)])
+
+
+def group_columns(table: pd.DataFrame) -> list[str]:
+    """The label columns of ``table`` that split the models into 2..MAX_GROUPS groups.
+
+    These are the columns group x group overlaps can be fitted by (the metrics pass keeps one
+    Gram per group, up to :data:`explorer.metrics.passes.MAX_GROUPS`), and the ones worth
+    colouring a chart by: a column with one value says nothing, one with a value per model is
+    an identifier.
+
+    Parameters
+    ----------
+    table : DataFrame, shape (N, columns)
+        As :func:`metadata_table` builds it; ``name`` is never a candidate.
+
+    Returns
+    -------
+    list of str
+        In the table's column order.
+    """
+    return [c for c in table.columns if c != "name" and 2 <= table[c].nunique() <= MAX_GROUPS]
+
+
+def default_group_column(table: pd.DataFrame) -> str | None:
+    """The first of :data:`GROUP_COLUMNS` that is one of :func:`group_columns`, or None."""
+    candidates = group_columns(table)
+    return next((c for c in GROUP_COLUMNS if c in candidates), None)
 
 
 def layer_summary(name: str, res: Analysis) -> dict[str, object]:
@@ -23,7 +69,8 @@ def layer_summary(name: str, res: Analysis) -> dict[str, object]:
         "EVR top 16": round(float(cum[k16]), 4),
     }
     m = res.metrics
-    if m is not None and m.null_cum_median is not None:
-        row["null top 16"] = round(float(m.null_cum_median[k16]), 4)
-        row["top16 / null"] = round(float(cum[k16] / m.null_cum_median[k16]), 3) if m.null_cum_median[k16] > 0 else None
+    if m is not None and m.null is not None:
+        null_cum = m.null.cum_median
+        row["null top 16"] = round(float(null_cum[k16]), 4)
+        row["top16 / null"] = round(float(cum[k16] / null_cum[k16]), 3) if null_cum[k16] > 0 else None
     return row

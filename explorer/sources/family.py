@@ -6,21 +6,94 @@ can stream a family of any size.  Tensor names are canonical (see
 :mod:`explorer.sources.naming`): a PEFT adapter's
 ``base_model.model.layers.3.q_proj.lora_A.weight`` is ``layers.3.q_proj.lora_A.weight`` here, so
 adapters and their base model share module names.
+
+Members that cannot be used are never dropped silently: each one becomes a :class:`Skipped`
+entry (name, path, reason) in ``Family.skipped``, which every output lists; ``strict`` callers
+refuse the family instead (:func:`check_strict`).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
 
-from explorer.core.errors import InputError
+from explorer.core.errors import InputError, MemberError
 from explorer.sources import readers
 from explorer.sources.naming import LORA_ALPHA, canonical_name
 from explorer.sources.peft import LoraConfig
+
+
+class Skipped(str):
+    """One member of a family that could not be used: its ``name``, ``path`` and ``reason``.
+
+    It is also the one readable line that names it (:meth:`line`: ``name: reason``, then
+    ``[path]`` unless the reason names it, e.g. ``m3: /data/m3.safetensors: header is not valid
+    JSON``): a ``str`` subclass, so code that lists skipped members as lines (the app's sidebar,
+    older callers) keeps working while new code reads the fields.
+
+    Parameters
+    ----------
+    name : str
+        The member's name (file stem, folder name or repo id).
+    path : str
+        Where it is: the file or folder, or ``hf:org/repo`` for a Hub repo.
+    reason : str
+        The one-line error that made it unusable (it usually names the file or tensor itself).
+    """
+
+    name: str
+    path: str
+    reason: str
+
+    def __new__(cls, name: str, path: str, reason: str) -> Skipped:
+        reason = " ".join(str(reason).split())  # one line, whatever the underlying error said
+        # The path is repeated only when the reason does not already name it.
+        text = f"{name}: {reason}" if not path or path in reason else f"{name}: {reason} [{path}]"
+        self = super().__new__(cls, text)
+        self.name, self.path, self.reason = str(name), str(path), reason
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # pickle / copy rebuild it from its fields
+        return (self.name, self.path, self.reason)
+
+    def line(self) -> str:
+        """The member and why it was skipped, on one line (the string value itself)."""
+        return str.__str__(self)
+
+    def to_json(self) -> dict[str, str]:
+        """``{"name", "path", "reason"}``: the entry of the JSON outputs' ``skipped`` list."""
+        return {"name": self.name, "path": self.path, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Skipped:
+        """Inverse of :meth:`to_json`."""
+        return cls(str(d.get("name", "")), str(d.get("path", "")), str(d.get("reason", "")))
+
+
+def check_strict(source: str, skipped: Sequence[Skipped]) -> None:
+    """Refuse a family that has skipped members (``strict``): one line naming the first.
+
+    Raises
+    ------
+    InputError
+        If ``skipped`` is not empty.
+    """
+    if skipped:
+        first = skipped[0]
+        more = f" (and {len(skipped) - 1} more bad members)" if len(skipped) > 1 else ""
+        raise InputError(f"{source}: refused (strict): member {first.line()}{more}")
+
+
+def _as_skipped(entry: Skipped | str) -> Skipped:
+    """A plain ``"name: reason"`` line (as older callers build them) as an entry of unknown path."""
+    if isinstance(entry, Skipped):
+        return entry
+    name, _, reason = str(entry).partition(": ")
+    return Skipped(name, "", reason or name)
 
 
 @dataclass(frozen=True)
@@ -89,13 +162,23 @@ def model_headers(model: ModelRef) -> dict[str, tuple[TensorInfo, str, str]]:
 
     Cached per file (path, mtime, size): validating a model and cataloguing its family parse
     each header once.
+
+    Raises
+    ------
+    InputError
+        If a file cannot be read, or one tensor name is held by two of the model's files (which
+        copy to use would be a guess: a folder of separate models, or a broken checkpoint).
     """
     if len(model.files) == 1:
         return _file_index(model.files[0], *_stat_key(model.files[0]))
     out: dict[str, tuple[TensorInfo, str, str]] = {}
     for path in model.files:
         for name, entry in _file_index(path, *_stat_key(path)).items():
-            out.setdefault(name, entry)
+            prev = out.get(name)
+            if prev is not None:
+                raise InputError(f"model {model.name!r}: tensor {name!r} is in two of its files, "
+                                 f"{prev[1]} and {path}")
+            out[name] = entry
     return out
 
 
@@ -118,8 +201,8 @@ class Family:
     source : str
         The SOURCE string it was resolved from (round-trips through :func:`explorer.load_family`).
     models : list of ModelRef
-    skipped : list of str
-        One line per member that could not be used, naming it and saying why.
+    skipped : list of Skipped
+        One entry per member that could not be used (name, path, reason; as a string, one line).
     base : ModelRef or None
         The base model: enables the ``delta`` view (W_i - W_base) for dense groups.
     parts : tuple of str
@@ -131,12 +214,13 @@ class Family:
     name: str
     source: str
     models: list[ModelRef]
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
     base: ModelRef | None = None
     parts: tuple[str, ...] = ()
     base_source: str | None = None
 
     def __post_init__(self) -> None:
+        self.skipped = [_as_skipped(s) for s in self.skipped]
         if not self.models:
             why = f" (skipped: {'; '.join(self.skipped[:3])})" if self.skipped else ""
             raise InputError(f"{self.source}: the family has no usable models{why}")
@@ -215,7 +299,9 @@ class Family:
         Raises
         ------
         InputError
-            If the model lacks the tensor, its dtype is not floating point, or it holds NaN/Inf.
+            If the model lacks the tensor or its dtype is not floating point.
+        MemberError
+            If it holds NaN or Inf (only reading the data shows it): the pipeline skips the model.
         """
         entry = self._index[model.name].get(canonical_name(name))
         if entry is None:
@@ -229,8 +315,7 @@ class Family:
         t = readers.load_tensor(path, raw)
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.to(torch.float32)
-        if not torch.isfinite(t).all():
-            raise InputError(f"model {model.name!r}: tensor {name!r} in {path} holds NaN or Inf")
+        check_finite(t, model.name, name, path)
         return t
 
     def iter_tensors(self, name: str) -> Iterator[tuple[ModelRef, torch.Tensor]]:
@@ -255,9 +340,36 @@ class Family:
 
     def without(self, reasons: Mapping[str, str]) -> Family:
         """A copy without the models named in ``reasons`` (name -> why), listed in ``skipped``."""
-        keep = [m for m in self.models if m.name not in reasons]
-        lines = [f"{n}: {why}" for n, why in reasons.items()]
-        return replace(self, models=keep, skipped=list(self.skipped) + lines)
+        by_name = {m.name: m for m in self.models}
+        return self.skip([Skipped(n, _member_path(by_name[n]) if n in by_name else "", why)
+                          for n, why in reasons.items()])
+
+    def skip(self, entries: Sequence[Skipped]) -> Family:
+        """A copy without the models that ``entries`` name, with the entries added to ``skipped``.
+
+        Raises
+        ------
+        InputError
+            If no model is left (the message names the first skipped members).
+        """
+        gone = {e.name for e in entries}
+        keep = [m for m in self.models if m.name not in gone]
+        return replace(self, models=keep, skipped=list(self.skipped) + list(entries))
+
+
+def _member_path(model: ModelRef) -> str:
+    """Where a member is, for its :class:`Skipped` entry: its source (folder, file, hf:...)."""
+    return model.source or (model.files[0] if model.files else "")
+
+
+def check_finite(t: torch.Tensor, model: str, tensor: str, path: str | None) -> None:
+    """Raise :class:`~explorer.core.errors.MemberError` if ``t`` holds NaN or Inf.
+
+    Shared by every reader of tensor data (whole tensors here, row blocks in model mode), so a
+    non-finite member is reported, and skipped, the same way whichever path reads it.
+    """
+    if not torch.isfinite(t).all():
+        raise MemberError(f"model {model!r}: tensor {tensor!r} in {path} holds NaN or Inf", model, str(path or ""))
 
 
 def labels_from_mapping(d: Mapping[str, object]) -> tuple[tuple[str, str], ...]:

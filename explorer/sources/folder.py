@@ -10,7 +10,7 @@ A folder that is itself an adapter or a sharded checkpoint is a family of one.  
 subfolder or a ``base.*`` weight file next to the members is the base model.  Labels come from
 the adapter config, the README model card, a name regex and a ``metadata.csv`` sidecar (see
 :mod:`explorer.sources.labels`).  Members that cannot be read are left out and listed in
-``Family.skipped``.
+``Family.skipped`` (name, path, reason), a weight-file name that is a broken symlink included.
 """
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ from pathlib import Path
 
 from explorer.core.errors import InputError
 from explorer.sources import readers, sharded
-from explorer.sources.family import Family, ModelRef, labels_from_mapping, model_headers
+from explorer.sources.family import (
+    Family,
+    ModelRef,
+    Skipped,
+    labels_from_mapping,
+    model_headers,
+)
 from explorer.sources.labels import (
     compile_name_regex,
     read_sidecar,
@@ -95,6 +101,8 @@ def load_model(path: str | Path, name: str, labels: dict[str, object] | None = N
         if (path / "README.md").exists():
             check_local_path(path / "README.md", "README.md")
         merged.update(readme_labels(path))
+    elif path.is_symlink():
+        raise InputError(f"{path}: is a symlink to a missing file, or a symlink loop")
     else:
         raise InputError(f"{path}: does not exist")
     merged.update(labels or {})
@@ -104,8 +112,13 @@ def load_model(path: str | Path, name: str, labels: dict[str, object] | None = N
     tensors = model_headers(model)  # reads every header: corrupt/truncated files fail here
     if index is not None and weight_map is not None:
         sharded.check_shards(index, weight_map)
-    if not any(len(info.shape) == 2 and min(info.shape) > 0 for info, _, _ in tensors.values()):
+    mats = [info for info, _, _ in tensors.values() if len(info.shape) == 2 and min(info.shape) > 0]
+    if not mats:
         raise InputError(f"{path}: holds no non-empty 2-D weight tensor")
+    if not any(info.dtype in readers.FLOAT_DTYPES for info in mats):
+        # Integer/bool matrices (masks, indices) are not weights: such a member could never be analysed.
+        found = ", ".join(sorted({info.dtype for info in mats}))
+        raise InputError(f"{path}: holds no 2-D weight tensor of a floating-point dtype (only {found})")
     return model
 
 
@@ -116,6 +129,8 @@ def _members(search: Path) -> list[Path]:
             continue
         if (p.is_file() and readers.is_weight_file(p.name)) or p.is_dir():
             out.append(p)
+        elif p.is_symlink() and not p.exists() and readers.is_weight_file(p.name):
+            out.append(p)  # a broken link named like a weight file: skipped and named, not ignored
     return out
 
 
@@ -169,7 +184,7 @@ def load_folder(
         raise InputError(f"{search}: has {orphan[0]} but no {ADAPTER_CONFIG} (needed for the LoRA scale alpha/r)")
     members = [search] if single else _members(search)
     models: list[ModelRef] = []
-    skipped: list[str] = []
+    skipped: list[Skipped] = []
     seen: set[str] = set()
     for p in members:
         mname = p.name if p.is_dir() else p.stem
@@ -180,7 +195,7 @@ def load_folder(
             models.append(load_model(p, mname, labels))
             seen.add(mname)
         except InputError as exc:
-            skipped.append(f"{mname}: {exc}")
+            skipped.append(Skipped(mname, str(p), str(exc)))
     if not models and not skipped:
         raise InputError(f"{search}: holds no models (.safetensors, .pt, .pth, .bin files or model subfolders)")
     base_path = Path(base).expanduser() if base is not None else find_base(folder)

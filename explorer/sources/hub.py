@@ -16,7 +16,7 @@ from pathlib import Path
 from explorer.core.errors import InputError
 from explorer.core.paths import hub_cache
 from explorer.core.progress import ProgressFn
-from explorer.sources.family import Family, ModelRef
+from explorer.sources.family import Family, ModelRef, Skipped
 from explorer.sources.folder import load_model
 from explorer.sources.labels import compile_name_regex, regex_labels
 from explorer.sources.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -211,7 +211,7 @@ def load_hub(
     Raises
     ------
     InputError
-        If no repo can be used; repos that fail are listed in ``Family.skipped``.
+        If no repo can be used; repos that fail are listed in ``Family.skipped`` (path ``hf:org/repo``).
     """
     cache = Path(cache_dir).expanduser() if cache_dir else hub_cache()
     rx = compile_name_regex(name_regex)
@@ -222,14 +222,14 @@ def load_hub(
         else:
             repos.append((repo, rev))
     models: list[ModelRef] = []
-    skipped: list[str] = []
+    skipped: list[Skipped] = []
     for i, (repo, rev) in enumerate(dict.fromkeys(repos)):
         try:
             folder, commit = _snapshot(repo, rev, cache)
             labels = {"repo": repo, "revision": commit, **regex_labels(rx, repo)}
             models.append(load_model(folder, repo, labels, source=f"hf:{repo}@{commit}"))
         except InputError as exc:
-            skipped.append(f"{repo}: {exc}")
+            skipped.append(Skipped(repo, f"hf:{repo}" + (f"@{rev}" if rev else ""), str(exc)))
         if progress is not None:
             progress(i + 1, len(repos), repo)
     return Family(name=source, source=source, models=models, skipped=skipped)

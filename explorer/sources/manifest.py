@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from explorer.core.atomic import atomic_write_text
 from explorer.core.errors import InputError
 from explorer.sources.family import Family
 
@@ -128,8 +129,4 @@ def save_manifest(family: Family, path: str | Path) -> Path:
         raise InputError(f"{path}: a manifest file must end in .yaml, .yml or .json")
     data = manifest_dict(family)
     text = json.dumps(data, indent=2) if path.suffix.lower() == ".json" else yaml.safe_dump(data, sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)

@@ -29,8 +29,14 @@ ENV_SERVER_MODE = "EXPLORER_SERVER_MODE"
 ENV_ALLOWED_ROOTS = "EXPLORER_ALLOWED_ROOTS"
 ENV_HUB_ALLOW = "EXPLORER_HUB_ALLOW"
 
-#: Source kinds as the app's sidebar names them (ui.KINDS order).
-SOURCE_KINDS: tuple[str, ...] = ("zoo", "local", "hub", "upload")
+#: Every source kind and the label the app's source picker shows for it, in the picker's order.
+SOURCE_KIND_LABELS: dict[str, str] = {
+    "zoo": "Built-in zoo",
+    "local": "Local path",
+    "hub": "Hugging Face Hub",
+    "upload": "Upload",
+}
+SOURCE_KINDS: tuple[str, ...] = tuple(SOURCE_KIND_LABELS)
 
 # The Hub's rules (huggingface_hub.utils.validate_repo_id): 1-96 chars of [A-Za-z0-9._-] per
 # part, not starting or ending with "-" or ".", no "--" or "..", not ending in ".git".
@@ -66,6 +72,19 @@ def allowed_source_kinds() -> tuple[str, ...]:
         return SOURCE_KINDS
     has_roots = any(p.strip() for p in os.environ.get(ENV_ALLOWED_ROOTS, "").split(os.pathsep))
     return tuple(k for k in SOURCE_KINDS if k != "local" or has_roots)
+
+
+def source_kind(source: str) -> str:
+    """The kind of a SOURCE string: ``zoo`` (``zoo:NAME``), ``hub`` (``hf:...``) or ``local``.
+
+    An uploaded family is a folder under the upload root, so it reads back as ``local``; only
+    the picker that made it knows it came from an upload.
+    """
+    if source.startswith("zoo:"):
+        return "zoo"
+    if source.startswith("hf:"):
+        return "hub"
+    return "local"
 
 
 def check_local_path(path: str | os.PathLike, what: str = "source") -> Path:

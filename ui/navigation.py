@@ -1,0 +1,56 @@
+"""The start of every page: page config, links to the other pages, state, sidebar, analysis.
+
+The app uses Streamlit's ``pages/`` folder mode without ``st.navigation``, so a page opened
+cold by URL runs on its own (DESIGN.md, "Deep links must work"); each page therefore starts
+with :func:`page_setup` or :func:`page_analysis`, which rebuild everything it needs.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+import explorer
+from ui.compute import analysis
+from ui.sidebar import sidebar
+from ui.state import Selection, init_state
+
+#: (file, label, icon) of every page; the sidebar's links are drawn here so the labels are ours.
+PAGES: tuple[tuple[str, str, str], ...] = (
+    ("app.py", "Home · tour", ":material/explore:"),
+    ("pages/1_Spectrum.py", "Spectrum", ":material/bar_chart:"),
+    ("pages/2_Overlap.py", "Overlap", ":material/join_inner:"),
+    ("pages/3_Embedding.py", "Embedding", ":material/scatter_plot:"),
+    ("pages/4_Generalization.py", "Generalization", ":material/target:"),
+)
+
+
+def page_links() -> None:
+    """Links to every page at the top of the sidebar."""
+    for path, label, icon in PAGES:
+        st.sidebar.page_link(path, label=label, icon=icon)
+    st.sidebar.divider()
+
+
+def page_setup(title: str, icon: str = "🧭") -> Selection | None:
+    """Configure the page, restore state, draw the shared sidebar; return the selection.
+
+    Returns None (after showing why) when no valid family is selected; the page should stop.
+    """
+    st.set_page_config(page_title=f"{title} · Subspace Explorer", page_icon=icon, layout="wide")
+    init_state()
+    page_links()
+    return sidebar()
+
+
+def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explorer.Analysis]:
+    """The start of every view page: set-up, sidebar, heading, then the selection's analysis.
+
+    Stops the page (after an ``st.error`` or an info line) when there is nothing to show.
+    """
+    sel = page_setup(title, icon)
+    st.title(heading)
+    if sel is None:
+        st.stop()
+    res = analysis(sel)
+    if res is None:
+        st.stop()
+    return sel, res

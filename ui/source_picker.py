@@ -1,0 +1,74 @@
+"""The sidebar's family picker: built-in zoo, local path, Hugging Face Hub or upload.
+
+The kinds offered and their labels come from :mod:`explorer.sources.policy`, so server mode
+(``EXPLORER_SERVER_MODE=1``) can turn off local paths outside its roots, Hub downloads and
+uploads in one place for the app and the CLI.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer.core.errors import ExplorerError
+from explorer.sources import policy
+from explorer.sources.upload import family_from_uploads
+from explorer.zoo import registry
+from ui.state import widget
+
+_LABEL_KIND = {label: kind for kind, label in policy.SOURCE_KIND_LABELS.items()}
+
+
+def zoo_sources() -> list[str]:
+    """Default zoo families first, then the on-demand ones (built when picked)."""
+    recipes = registry.list_recipes()
+    return [f"zoo:{r.name}" for r in recipes if r.default] + [f"zoo:{r.name}" for r in recipes if not r.default]
+
+
+def zoo_label(source: str) -> str:
+    """The picker's label of a zoo family: on-demand ones not built yet say so, with their build time."""
+    r = registry.get_recipe(source[4:])
+    if r.default or registry.is_built(r.name):
+        return source
+    secs = f", ~{max(1, round(r.expected_seconds / 60))} min" if r.expected_seconds else ""
+    return f"{source} (built on demand{secs})"
+
+
+def pick_source() -> str:
+    """Draw the source pickers; return the SOURCE string ('' when none is given yet)."""
+    allowed = policy.allowed_source_kinds()
+    labels = [label for kind, label in policy.SOURCE_KIND_LABELS.items() if kind in allowed]
+    kind = _LABEL_KIND[widget("kind", st.radio, label="Source", options=labels, horizontal=True)]
+    if kind == "zoo":
+        zoo = zoo_sources()
+        if st.session_state["sel_source"] in zoo:
+            st.session_state["sel_zoo"] = st.session_state["sel_source"]
+        return widget("zoo", st.selectbox, label="Built-in family", options=zoo, format_func=zoo_label,
+                      help="Families built here from scikit-learn's digits data, a planted synthetic one, "
+                      "and LoRA adapters on MiniLM-L6 (on demand).")
+    if kind == "local":
+        return widget("path", st.text_input, label="Folder, weight file or manifest",
+                      placeholder="/data/my-loras  or  family.yaml").strip()
+    if kind == "hub":
+        return widget("hub", st.text_input, label="Hub repos", placeholder="hf:org/repo[,org/repo2] or hf:org/prefix*",
+                      help=("server mode: only repos already in the local HF cache (or listed in "
+                            "EXPLORER_HUB_ALLOW)" if policy.server_mode() else
+                            "Downloads only the needed files into the standard Hugging Face cache; "
+                            "with HF_HUB_OFFLINE=1 it works from that cache.")).strip()
+    return _pick_upload()
+
+
+def _pick_upload() -> str:
+    """The upload picker; the uploaded family is written once per distinct set of files."""
+    files = st.file_uploader("Weight files, adapter folders as .zip, metadata.csv", accept_multiple_files=True,
+                             key="w_upload")
+    if not files:
+        return st.session_state.get("_upload_source", "")
+    # Streamlit hands the same files back on every rerun; only a new set is unpacked again.
+    sig = tuple((f.name, f.size) for f in files)
+    if st.session_state.get("_upload_sig") != sig:
+        try:
+            fam = family_from_uploads([(f.name, f.getvalue()) for f in files])
+        except ExplorerError as exc:
+            st.error(str(exc))
+            return ""
+        st.session_state["_upload_sig"], st.session_state["_upload_source"] = sig, fam.source
+    return st.session_state["_upload_source"]

@@ -1,0 +1,132 @@
+"""The selection, and how it lives in session state and in the URL's query string.
+
+A page opened cold by URL (a share link, a reload on a restarted server) runs without app.py
+and without any other page having run, so the selection is rebuilt here from the query string
+on a session's first run, then kept in ``sel_<field>`` session keys that survive page switches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import streamlit as st
+
+from explorer.engine.options import SpectralOptions
+from explorer.metrics.results import MetricsOptions
+from explorer.sources.policy import SOURCE_KIND_LABELS, source_kind
+
+#: Query-string fields of a selection and the value each takes when the URL lacks it.
+DEFAULTS: dict[str, str] = {
+    "source": "zoo:digits-mlp-finetune",
+    "layer": "layers.1",
+    "view": "",
+    "mode": "out",
+    "center": "none",
+    "tau": "0.9",
+    "k": "8",
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the sidebar picked: small hashable values (the keys of every cached computation).
+
+    Attributes
+    ----------
+    source : str
+        SOURCE string (``zoo:NAME``, a path, ``hf:ORG/REPO``...).
+    layer : str
+        Layer group name.
+    view : str
+        ``full``, ``delta``, ``A``, ``B`` or ``dW``; empty for the family's default view.
+    mode, center : str
+        Spectral options (see :class:`explorer.engine.options.SpectralOptions`).
+    tau : float
+        Threshold of k(τ).
+    k : int
+        Size of each model's own subspace (overlaps) and of its coordinate block.
+    """
+
+    source: str
+    layer: str
+    view: str
+    mode: str
+    center: str
+    tau: float
+    k: int = 8
+
+    @property
+    def options(self) -> SpectralOptions:
+        """The decomposition options of this selection."""
+        return SpectralOptions(mode=self.mode, center=self.center)
+
+    @property
+    def metrics(self) -> MetricsOptions:
+        """k sets the size of each model's own subspace (overlaps) and of its coordinate block."""
+        return MetricsOptions(k_coord=self.k, k_angles=self.k)
+
+    def query(self) -> dict[str, str]:
+        """The query-string fields that reopen this selection (the keys of :data:`DEFAULTS`)."""
+        return {"source": self.source, "layer": self.layer, "view": self.view, "mode": self.mode,
+                "center": self.center, "tau": f"{self.tau:g}", "k": str(self.k)}
+
+
+def init_state() -> None:
+    """Fill the ``sel_*`` session keys once per session: from the URL first, then defaults."""
+    if st.session_state.get("_restored"):
+        return
+    qp = st.query_params
+    for field, default in DEFAULTS.items():
+        st.session_state[f"sel_{field}"] = qp.get(field, default)
+    src = st.session_state["sel_source"]
+    kind = source_kind(src)
+    st.session_state["sel_kind"] = SOURCE_KIND_LABELS[kind]
+    st.session_state["sel_path"] = src if kind == "local" else ""
+    st.session_state["sel_hub"] = src if kind == "hub" else ""
+    st.session_state["_restored"] = True
+
+
+def write_query(sel: Selection) -> None:
+    """Write ``sel`` to the query string, so the URL always reopens the current view."""
+    st.query_params.from_dict(sel.query())
+
+
+def widget(field: str, make: Callable[..., Any], **kwargs: Any) -> Any:
+    """Draw a widget whose value survives page switches and comes from the URL on a cold start.
+
+    Streamlit drops a widget's state when a page that does not draw it runs, so the value lives
+    in ``sel_<field>``; the widget key ``w_<field>`` is seeded from it before the widget is
+    drawn, and an ``on_change`` callback (which runs before the rerun) copies the user's change
+    back.  A stored value that is not among ``options`` falls back to the first option.
+
+    Parameters
+    ----------
+    field : str
+        Name of the selection field.
+    make : callable
+        The Streamlit widget function (``st.selectbox``, ``st.radio``...).
+    **kwargs
+        Passed on to ``make``.
+
+    Returns
+    -------
+    The widget's value.
+    """
+    wkey, skey = f"w_{field}", f"sel_{field}"
+    options = kwargs.get("options")
+    if options is not None and st.session_state.get(skey) not in options:
+        st.session_state[skey] = options[0]
+    st.session_state[wkey] = st.session_state[skey]
+
+    def sync() -> None:
+        st.session_state[skey] = st.session_state[wkey]
+
+    return make(key=wkey, on_change=sync, **kwargs)
+
+
+def as_float(x: object, default: float) -> float:
+    """``float(x)``, or ``default`` for a value from the URL that is not a number."""
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
