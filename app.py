@@ -42,6 +42,7 @@ try:
 except ExplorerError as exc:
     st.error(str(exc))
     st.stop()
+ui.skipped_warning(main.skipped)
 m = main.metrics
 table = metadata_table(main)
 figs = {}

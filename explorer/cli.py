@@ -82,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
 def _decomposition_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--view", default=None, choices=VIEWS,
                    help="default: dW for LoRA adapters, full for dense checkpoints")
-    a.add_argument("--mode", default="out", choices=MODES)
+    # None: the view's own mode (in for A, out for the others), resolved by the pipeline once the
+    # view is known, so that an explicit --mode always wins.
+    a.add_argument("--mode", default=None, choices=MODES,
+                   help="Gram to decompose: out (output space), in (input space) or model (N x N); "
+                   "default: in for --view A, out for every other view")
     a.add_argument("--center", nargs="?", const="model", default="none", choices=CENTERS,
                    help="centering convention (a bare --center means model)")
     a.add_argument("--k", type=int, default=16, help="components to report (default 16)")

@@ -4,6 +4,7 @@ import streamlit as st
 
 import ui
 from explorer.core.errors import ExplorerError
+from explorer.core.linalg import k_at
 from explorer.figures import (
     cumulative_overlay_figure,
     layer_heatmap_figure,
@@ -17,7 +18,9 @@ sp, m = res.spectrum, res.metrics
 left, right = st.columns([3, 1])
 with right:
     log_y = st.toggle("Log scale", value=False, key="spectrum_log")
-    n_max = st.number_input("Components shown", 4, max(4, len(sp.eigenvalues)), min(64, len(sp.eigenvalues)),
+    # A spectrum can have fewer than 4 components (A's out-mode is r x r, model mode N x N).
+    n_comp = len(sp.eigenvalues)
+    n_max = st.number_input("Components shown", min(4, n_comp), max(4, n_comp), min(64, n_comp),
                             key="spectrum_ncomp")
     show_null = st.toggle("Gaussian null band + MP edge", value=True, key="spectrum_null",
                           help="Same shapes and Frobenius norms, iid Gaussian entries: 8 draws, median and 5–95 %.")
@@ -64,7 +67,9 @@ if results:
     overlay = cumulative_overlay_figure(curves, sel.tau, max_components=int(n_max), null=null_curve,
                                         title="Cumulative EVR, layers overlaid")
     c1.plotly_chart(overlay, key="spectrum_overlay")
-    heat = layer_heatmap_figure([n for n, _ in curves], cumulative_matrix([c for _, c in curves], int(n_max)), sel.tau)
+    # k(τ) from the whole curves: a long-tailed layer's lies beyond the columns shown.
+    heat = layer_heatmap_figure([n for n, _ in curves], cumulative_matrix([c for _, c in curves], int(n_max)), sel.tau,
+                                k_tau=[k_at(c, sel.tau) for _, c in curves])
     c2.plotly_chart(heat, key="spectrum_heatmap")
     table = pd.DataFrame([layer_summary(name, r) for name, r in results.items()])
     st.dataframe(table, hide_index=True)

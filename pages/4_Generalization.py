@@ -11,7 +11,10 @@ m = res.metrics
 if m is None:
     st.info("No metrics were computed for this analysis.")
     st.stop()
-max_k = st.slider("Largest k shown", 2, max(2, m.energy_one.shape[1]), min(64, m.energy_one.shape[1]), key="gen_maxk")
+n_k = m.energy_one.shape[1]
+# One or two components (a layer with a dimension of 1, two models in model mode) leave nothing to pick,
+# and a slider from 2 to 2 is an error.
+max_k = st.slider("Largest k shown", 2, n_k, min(64, n_k), key="gen_maxk") if n_k > 2 else n_k
 cov = coverage_curves(res)
 fig = coverage_figure(cov.curves, bands=cov.bands, levels=cov.levels, max_k=int(max_k),
                       title=f"{res.group.name}: energy of models the basis was not fitted on")

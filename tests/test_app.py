@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 import explorer
 from explorer.sources import policy
 from explorer.zoo import planted
-from tests.helpers import figure_json, trace
+from tests.helpers import figure_json, trace, write_adapter
 from ui.progress import format_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +214,43 @@ def test_status_progress_shows_each_phase_with_time_left():
     # The first call of a phase starts its clock; later ones extrapolate the phase's rate.
     assert bar.proto.text.startswith("reading: 4/10 · about ") and bar.proto.text.endswith(" left")
     assert format_seconds(0.2) == "1 s" and format_seconds(90) == "90 s" and format_seconds(600) == "10 min"
+
+
+def test_switching_the_view_sets_its_mode_and_the_url_mode_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(6)
+    m, n, r = 7, 9, 3  # r < 4: A's out-mode scree has fewer components than the picker's usual minimum
+    for i in range(5):
+        write_adapter(tmp_path / "lora" / f"a{i}", {"blk.0.fc": (rng.standard_normal((r, n)), rng.standard_normal((m, r)))}, r)
+    src = str(tmp_path / "lora")
+    fam = explorer.load_family(src)
+    # Components of each (view, mode): A's in-mode spans R^n, its out-mode only the r x r factor space.
+    sizes = {("dW", "out"): m, ("A", "in"): n, ("A", "out"): r, ("B", "out"): m}
+
+    def state(at: AppTest) -> tuple[str, str]:
+        """The sidebar's (view, mode), after checking that the scree is that analysis' EVR."""
+        assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+        view, mode = at.sidebar.selectbox(key="w_view").value, at.sidebar.radio(key="w_mode").value
+        ref = explorer.analyze(fam, "blk.0.fc", view=view, options=explorer.SpectralOptions(mode=mode), metrics=None)
+        assert len(ref.spectrum.evr) == sizes[view, mode]
+        y = _scree_y(at)
+        np.testing.assert_allclose(y, ref.spectrum.evr[: len(y)], rtol=1e-9)
+        return view, mode
+
+    at = start("pages/1_Spectrum.py", source=src, layer="blk.0.fc")
+    assert state(at) == ("dW", "out")
+    at.sidebar.selectbox(key="w_view").set_value("A").run()
+    assert state(at) == ("A", "in")
+    assert at.query_params["mode"] in ("in", ["in"])
+    # A mode picked by hand holds until the view changes again.
+    at.sidebar.radio(key="w_mode").set_value("out").run()
+    assert state(at) == ("A", "out")
+    at.sidebar.selectbox(key="w_center").set_value("none").run()
+    assert state(at) == ("A", "out")
+    at.sidebar.selectbox(key="w_view").set_value("B").run()
+    assert state(at) == ("B", "out")
+    at.sidebar.selectbox(key="w_view").set_value("A").run()
+    assert state(at) == ("A", "in")
+    # A share link's mode wins on the first load; without one, the view's default applies.
+    assert state(start("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A", mode="out")) == ("A", "out")
+    assert state(start("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A")) == ("A", "in")

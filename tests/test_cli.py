@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from explorer.zoo import planted
+from tests.helpers import write_adapter
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -113,3 +114,29 @@ def test_report_writes_self_contained_html(tmp_path):
 def test_bad_options_exit_2(args, needle):
     out = run_cli(*args)
     assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_view_a_defaults_to_the_input_space_and_mode_still_wins(tmp_path):
+    rng = np.random.default_rng(5)
+    m, n, r = 7, 9, 2
+    for i in range(4):
+        write_adapter(tmp_path / "fam" / f"a{i}", {"blk.0.fc": (rng.standard_normal((r, n)), rng.standard_normal((m, r)))}, r)
+    fam, cache = str(tmp_path / "fam"), str(tmp_path / "cache")
+
+    def analyze(name: str, *args: str) -> tuple[dict, str]:
+        out = run_cli("analyze", fam, "--layer", "blk.0.fc", "--json", str(tmp_path / name), "--quiet", *args)
+        assert out.returncode == 0, out.stderr
+        return json.loads((tmp_path / name).read_text()), out.stdout
+
+    # --view A alone analyses the input space R^n (n components), not the r x r space of the factors.
+    res, stdout = analyze("a.json", "--view", "A", "--cache-dir", cache)
+    assert (res["view"], res["mode"], res["options"]["mode"], len(res["evr"])) == ("A", "in", "in", n)
+    assert "view=A mode=in" in stdout
+    # Choosing the default explicitly is the same analysis: the same cache entry.
+    same, stdout = analyze("a_in.json", "--view", "A", "--mode", "in", "--cache-dir", cache)
+    assert same["cache_key"] == res["cache_key"] and "(from cache)" in stdout
+    # An explicit --mode wins over the view's default.
+    out_mode, _ = analyze("a_out.json", "--view", "A", "--mode", "out", "--no-cache")
+    assert (out_mode["mode"], out_mode["options"]["mode"], len(out_mode["evr"])) == ("out", "out", r)
+    b, _ = analyze("b.json", "--view", "B", "--no-cache")
+    assert (b["mode"], len(b["evr"])) == ("out", m)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 import explorer
+from explorer.engine.options import Spectrum
 from explorer.figures import (
     accuracy_figure,
     angle_distribution_figure,
@@ -58,6 +59,58 @@ def test_cumulative_overlay_and_heatmap():
     np.testing.assert_allclose(np.asarray(z, dtype=float), np.vstack([a, b]))
     # k(0.9) markers: first index where cumulative >= 0.9, 1-based
     assert list(heat["data"][1]["x"]) == [int(np.argmax(a >= 0.9)) + 1, int(np.argmax(b >= 0.9)) + 1]
+
+
+def _long_tail(d: int = 3000, trace: float | None = None) -> Spectrum:
+    """A few strong components over a long slowly decaying tail: k(0.9) lies far beyond 64."""
+    j = np.arange(1, d + 1)
+    lam = np.concatenate([[400.0, 150.0, 60.0], 1.0 / j[3:] ** 0.2])
+    return Spectrum(lam, np.zeros((d, 1)), "in", "none", 500, (16, d), trace=trace)
+
+
+def _notes(fig: dict) -> list[str]:
+    return [a["text"] for a in fig["layout"].get("annotations", [])]
+
+
+def test_scree_keeps_the_chosen_components_and_names_a_k_tau_beyond_them():
+    sp = _long_tail()
+    k = sp.k_at(0.9)
+    assert k > 1000
+    fig = data(scree_figure(sp, 0.9, max_components=64))
+    bars = trace(fig, "EVR per component")
+    np.testing.assert_array_equal(bars["x"], np.arange(1, 65))
+    np.testing.assert_allclose(bars["y"], sp.evr[:64], rtol=1e-12)
+    assert len(trace(fig, "cumulative EVR")["x"]) == 64
+    assert list(fig["layout"]["xaxis"]["range"]) == [0.5, 64.5]  # not stretched to k(0.9)
+    assert f"k(0.9) = {k} →" in _notes(fig)
+    # No vertical line at k(0.9) (it would stretch the axis): only the horizontal tau line.
+    assert all(sh.get("x0") != k for sh in fig["layout"].get("shapes", []))
+    # Within the axis, k(tau) is the vertical line, as before.
+    short = data(scree_figure(sp, 0.5, max_components=200))
+    k5 = sp.k_at(0.5)
+    assert k5 <= 200 and f"k(0.5) = {k5}" in _notes(short)
+    assert any(sh.get("x0") == k5 for sh in short["layout"]["shapes"])
+    # A truncated (randomized) spectrum that never reaches tau only bounds k(tau) from below.
+    top = _long_tail(d=3000)
+    trunc = Spectrum(top.eigenvalues[:256], top.basis[:, :1], "in", "none", 500, (16, 3000), trace=top.total)
+    assert "k(0.9) > 256 →" in _notes(data(scree_figure(trunc, 0.9, max_components=64)))
+
+
+def test_overlay_and_heatmap_name_a_k_tau_beyond_the_components_shown():
+    long, short = _long_tail().cumulative, np.linspace(0.5, 1, 40)
+    k = int(np.searchsorted(long, 0.9 - 1e-12) + 1)
+    fig = data(cumulative_overlay_figure([("long", long), ("short", short)], 0.9, max_components=64))
+    assert len(trace(fig, "long")["x"]) == 64 and len(trace(fig, "short")["x"]) == 40
+    assert _notes(fig)[-1] == f"long: k(0.9) = {k} →"  # the short curve reaches 0.9 on the axis
+    mat = np.ones((2, 64))
+    mat[0], mat[1, :40] = long[:64], short
+    heat = data(layer_heatmap_figure(["long", "short"], mat, 0.9, k_tau=[k, int(np.argmax(short >= 0.9)) + 1]))
+    assert np.asarray(heat["data"][0]["z"]).shape == (2, 64)
+    assert list(heat["data"][1]["y"]) == ["short"] and list(heat["data"][1]["x"]) == [int(np.argmax(short >= 0.9)) + 1]
+    beyond = heat["data"][2]
+    assert list(beyond["y"]) == ["long"] and list(beyond["x"]) == [64] and list(beyond["text"]) == [f"{k} →"]
+    # Without the whole curves' k(tau), the marker only says it lies beyond the columns.
+    assert list(data(layer_heatmap_figure(["long"], mat[:1], 0.9))["data"][2]["text"]) == ["> 64 →"]
 
 
 def test_overlap_views(planted_res):

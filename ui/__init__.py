@@ -9,6 +9,7 @@ the modules hold one concept each:
 - ``source_picker``: the zoo / local path / Hub / upload pickers;
 - ``families``: cached family and catalog loaders, zoo builds on first use, comparable families;
 - ``compute``: analyses through the library's disk cache (:func:`compute`, :func:`analysis`);
+- ``notices``: warnings about input not used as asked (skipped members, share-link values);
 - ``progress``: ``st.status`` + ``st.progress`` with an ETA, as a library progress callback;
 - ``export``: the export bar.
 """
@@ -16,6 +17,7 @@ from ui.compute import analysis, compute
 from ui.export import export_bar
 from ui.families import comparable_families, ensure_zoo, load_catalog, load_family
 from ui.navigation import PAGES, page_analysis, page_setup
+from ui.notices import skipped_warning
 from ui.sidebar import layers_in_range
 from ui.state import DEFAULTS, Selection
 
@@ -33,4 +35,5 @@ __all__ = [
     "load_family",
     "page_analysis",
     "page_setup",
+    "skipped_warning",
 ]

@@ -22,16 +22,19 @@ def compute(sel: Selection, layer: str | None = None, metrics: MetricsOptions | 
     """The analysis of ``sel``, or of another ``layer``, ``metrics`` or ``source`` with its options.
 
     A miss shows a status box with a progress bar and the time left; a hit draws nothing.
+    ``sel.strict`` refuses a family with a bad member, NaN/Inf data found while reading included.
 
     Raises
     ------
     ExplorerError
-        For bad input (the message names the file or option).
+        For bad input (the message names the file or option); with ``sel.strict``, for the
+        first bad member.
     """
     layer = layer or sel.layer
-    fam = load_family(source or sel.source)
+    fam = load_family(source or sel.source, sel.strict)
     with StatusProgress(f"Decomposing {layer} ({sel.mode}-mode)…", f"{layer} decomposed") as progress:
-        return analyze_cached(fam, layer, sel.view or None, sel.options, metrics or sel.metrics, progress=progress)
+        return analyze_cached(fam, layer, sel.view or None, sel.options, metrics or sel.metrics, progress=progress,
+                              strict=sel.strict)
 
 
 def analysis(sel: Selection) -> explorer.Analysis | None:

@@ -17,9 +17,18 @@ from ui.state import Selection
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def load_family(source: str) -> explorer.Family:
-    """The family for a SOURCE string, shared by all sessions (it holds no tensor data)."""
-    return explorer.load_family(source)
+def load_family(source: str, strict: bool = False) -> explorer.Family:
+    """The family for a SOURCE string, shared by all sessions (it holds no tensor data).
+
+    ``strict`` is an argument (so part of the cache key): a family cached without it must not
+    be served to a session that asked to refuse families with bad members.
+
+    Raises
+    ------
+    ExplorerError
+        For a source that cannot be read; with ``strict``, for a family with a bad member.
+    """
+    return explorer.load_family(source, strict=strict)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -10,6 +10,7 @@ import streamlit as st
 
 import explorer
 from ui.compute import analysis
+from ui.notices import link_warnings, remember_link, skipped_warning
 from ui.sidebar import sidebar
 from ui.state import Selection, init_state
 
@@ -34,17 +35,22 @@ def page_setup(title: str, icon: str = "🧭") -> Selection | None:
     """Configure the page, restore state, draw the shared sidebar; return the selection.
 
     Returns None (after showing why) when no valid family is selected; the page should stop.
+    Share-link values the sidebar could not honour are named in one ``st.warning`` each.
     """
     st.set_page_config(page_title=f"{title} · Subspace Explorer", page_icon=icon, layout="wide")
+    remember_link()
     init_state()
     page_links()
-    return sidebar()
+    sel = sidebar()
+    link_warnings(sel)
+    return sel
 
 
 def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explorer.Analysis]:
     """The start of every view page: set-up, sidebar, heading, then the selection's analysis.
 
-    Stops the page (after an ``st.error`` or an info line) when there is nothing to show.
+    Stops the page (after an ``st.error`` or an info line) when there is nothing to show;
+    members the analysis left out are named in one ``st.warning`` above the charts.
     """
     sel = page_setup(title, icon)
     st.title(heading)
@@ -53,4 +59,5 @@ def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explo
     res = analysis(sel)
     if res is None:
         st.stop()
+    skipped_warning(res.skipped)
     return sel, res

@@ -62,11 +62,13 @@ def _pick_upload() -> str:
                              key="w_upload")
     if not files:
         return st.session_state.get("_upload_source", "")
-    # Streamlit hands the same files back on every rerun; only a new set is unpacked again.
-    sig = tuple((f.name, f.size) for f in files)
+    # Streamlit hands the same files back on every rerun; only a new set is unpacked again.  The
+    # strict toggle is drawn below this picker, but its on_change has already updated sel_strict.
+    strict = bool(st.session_state.get("sel_strict"))
+    sig = (tuple((f.name, f.size) for f in files), strict)
     if st.session_state.get("_upload_sig") != sig:
         try:
-            fam = family_from_uploads([(f.name, f.getvalue()) for f in files])
+            fam = family_from_uploads([(f.name, f.getvalue()) for f in files], strict=strict)
         except ExplorerError as exc:
             st.error(str(exc))
             return ""

@@ -6,6 +6,7 @@ on a session's first run, then kept in ``sel_<field>`` session keys that survive
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,10 +21,11 @@ DEFAULTS: dict[str, str] = {
     "source": "zoo:digits-mlp-finetune",
     "layer": "layers.1",
     "view": "",
-    "mode": "out",
+    "mode": "",  # empty: the view's default mode (the sidebar resolves it once the view is known)
     "center": "none",
     "tau": "0.9",
     "k": "8",
+    "strict": "",  # off; a share link turns it on with strict=1
 }
 
 
@@ -45,6 +47,8 @@ class Selection:
         Threshold of k(τ).
     k : int
         Size of each model's own subspace (overlaps) and of its coordinate block.
+    strict : bool
+        Refuse a family with a bad member (one ``st.error``) instead of analysing the rest.
     """
 
     source: str
@@ -54,6 +58,7 @@ class Selection:
     center: str
     tau: float
     k: int = 8
+    strict: bool = False
 
     @property
     def options(self) -> SpectralOptions:
@@ -66,9 +71,13 @@ class Selection:
         return MetricsOptions(k_coord=self.k, k_angles=self.k)
 
     def query(self) -> dict[str, str]:
-        """The query-string fields that reopen this selection (the keys of :data:`DEFAULTS`)."""
-        return {"source": self.source, "layer": self.layer, "view": self.view, "mode": self.mode,
-                "center": self.center, "tau": f"{self.tau:g}", "k": str(self.k)}
+        """The query-string fields that reopen this selection (the keys of :data:`DEFAULTS`).
+
+        ``strict`` is written only when on, so ordinary links stay as short as before.
+        """
+        q = {"source": self.source, "layer": self.layer, "view": self.view, "mode": self.mode,
+             "center": self.center, "tau": f"{self.tau:g}", "k": str(self.k)}
+        return (q | {"strict": "1"}) if self.strict else q
 
 
 def init_state() -> None:
@@ -125,8 +134,25 @@ def widget(field: str, make: Callable[..., Any], **kwargs: Any) -> Any:
 
 
 def as_float(x: object, default: float) -> float:
-    """``float(x)``, or ``default`` for a value from the URL that is not a number."""
+    """``float(x)``, or ``default`` for a value from the URL that is not a finite number.
+
+    ``nan`` and ``inf`` parse as floats but no slider can hold them (``tau=nan`` in a share
+    link would otherwise reach ``st.slider`` and fail).
+    """
     try:
-        return float(x)  # type: ignore[arg-type]
+        value = float(x)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return default
+    return value if math.isfinite(value) else default
+
+
+#: Query-string spellings of an on / off flag (``strict=1``); anything else is not honoured.
+FLAG_VALUES: dict[str, bool] = {"1": True, "true": True, "yes": True, "on": True,
+                                "0": False, "false": False, "no": False, "off": False, "": False}
+
+
+def as_flag(x: object) -> bool:
+    """A flag from session state or the URL: a bool as it is, a string by :data:`FLAG_VALUES` (else off)."""
+    if isinstance(x, bool):
+        return x
+    return FLAG_VALUES.get(str(x).strip().lower(), False)

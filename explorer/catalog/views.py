@@ -2,8 +2,9 @@
 
 - ``full``: each model's weight as stored (dense groups).
 - ``delta``: W_i - W_base, with the family's base model (dense groups).
-- ``A``: the LoRA A factors (r x n); the engine stacks their rows (its in-mode).
-- ``B``: the LoRA B factors (m x r); the engine stacks their columns (its out-mode).
+- ``A``: the LoRA A factors (r x n); the engine stacks their rows (its in-mode, the default
+  mode of this view: :func:`default_mode`).
+- ``B``: the LoRA B factors (m x r); the engine stacks their columns (its out-mode, the default).
 - ``dW``: ΔW_i = s_i B_i A_i (m x n), kept factored (:class:`FactorStream`, yielding
   :class:`~explorer.core.lowrank.LowRank` items): never N dense m x n.
 
@@ -103,6 +104,31 @@ def views_for(family: Family, group: LayerGroup) -> tuple[str, ...]:
 def default_view(family: Family, group: LayerGroup) -> str:
     """``dW`` for LoRA groups, ``full`` for dense ones."""
     return views_for(family, group)[0]
+
+
+#: The mode each view is read in when the caller does not choose one: the space in which the view's
+#: matrices have many dimensions.  A_i is r x n, so its out-mode is the r x r space of the factors
+#: (r components, meaningless across adapters) and its in-mode the input space R^n that the paper
+#: and every LoRA tool decompose; B_i is m x r, the other way round; full, delta and dW are read
+#: in the output space, the engine's convention.
+DEFAULT_MODES: dict[str, str] = {"full": "out", "delta": "out", "A": "in", "B": "out", "dW": "out"}
+
+
+def default_mode(view: str) -> str:
+    """The mode ``view`` is analysed in unless the caller picks one: ``in`` for A, else ``out``.
+
+    Parameters
+    ----------
+    view : {"full", "delta", "A", "B", "dW"}
+
+    Raises
+    ------
+    OptionError
+        If ``view`` is not a view.
+    """
+    if view not in DEFAULT_MODES:
+        raise OptionError(f"view {view!r} is not one of {', '.join(VIEWS)}")
+    return DEFAULT_MODES[view]
 
 
 def _full(family: Family, group: LayerGroup) -> DenseStream:

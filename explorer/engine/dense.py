@@ -113,6 +113,7 @@ def decompose(
     -------
     Spectrum
     """
+    options = options.resolved()  # bare matrices, no view: a mode left unchosen means out
     plan = make_plan(shape, n_models, options, what="models")
     return SOLVERS[plan.solver](matrices, plan, options, progress, row_reader)
 

@@ -74,6 +74,7 @@ def decompose_factored(
     Spectrum
         Same conventions as :func:`explorer.engine.dense.decompose` on the dense updates.
     """
+    options = options.resolved()  # no view here: a mode left unchosen means out, as for dW
     plan = make_plan(shape, n_models, options, ranks=ranks, factored=True, what="adapters")
     shape, device, dtype = plan.shape, plan.device, plan.dtype
     m, n = shape

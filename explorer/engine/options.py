@@ -5,7 +5,7 @@ the result type is the same for the dense, thin, factored, model-mode and random
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -26,7 +26,12 @@ class SpectralOptions:
 
     Parameters
     ----------
-    mode : {"out", "in", "model"}
+    mode : {"out", "in", "model"} or None
+        None (the default) means "not chosen": the pipeline replaces it by the mode of the view
+        being analysed (:func:`explorer.catalog.views.default_mode`: ``in`` for LoRA A, ``out``
+        otherwise) before the cache key is made, so results and keys always hold a concrete
+        mode.  The engine, which sees bare matrices and no view, reads None as ``out``
+        (:meth:`resolved`).
     center : {"none", "model", "vector"}
         ``model`` subtracts the mean model; ``vector`` subtracts the mean column (out-mode) or
         mean row (in-mode) of the unfolding.  In model mode ``vector`` equals ``model``.
@@ -46,7 +51,7 @@ class SpectralOptions:
         Extra columns of the randomized path's test matrix beyond ``k_store``.
     """
 
-    mode: str = "out"
+    mode: str | None = None
     center: str = "none"
     dtype: str = "float64"
     device: str = "auto"
@@ -57,7 +62,7 @@ class SpectralOptions:
     oversample: int = 16
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise OptionError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.center not in CENTERS:
             raise OptionError(f"center {self.center!r} is not one of {', '.join(CENTERS)}")
@@ -71,6 +76,25 @@ class SpectralOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise OptionError(f"{name} must be an integer >= 0, got {v!r}")
+
+    def resolved(self, default: str = "out") -> SpectralOptions:
+        """These options with a concrete mode: ``default`` when none was chosen, else unchanged.
+
+        Parameters
+        ----------
+        default : {"out", "in", "model"}
+            The mode to use when ``mode`` is None (the view's default, for the pipeline).
+
+        Returns
+        -------
+        SpectralOptions
+            ``self`` when the mode is set, so an explicit mode always wins.
+        """
+        if self.mode is not None:
+            return self
+        if default not in MODES:
+            raise OptionError(f"mode {default!r} is not one of {', '.join(MODES)}")
+        return replace(self, mode=default)
 
 
 @dataclass

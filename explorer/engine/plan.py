@@ -115,7 +115,7 @@ def make_plan(
         raise InputError(f"the layer group has no {what} to decompose")
     device = pick_device(options.device) if device is None else device
     dtype = pick_dtype(options.dtype, device)
-    mode = options.mode
+    mode = options.resolved().mode  # a mode left unchosen means out (the engine sees no view)
     factored = factored or ranks is not None
     if mode == "model":
         return SolverPlan("model", factored, (m, n), n_models, mode, options.center, n_models,

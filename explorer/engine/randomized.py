@@ -143,6 +143,7 @@ def randomized_decompose(
         ``eigenvalues`` (k,), ``basis`` (d, k), ``trace`` exact, ``method == "randomized"``.
     """
     opener = _need_opener(matrices, "matrices")
+    options = options.resolved()  # a mode left unchosen means out (no view at this level)
     if options.mode not in ("out", "in"):
         raise OptionError("the randomized path applies to out- and in-mode; model mode is exact")
     plan = plan or make_plan(shape, n_models, options)
@@ -178,6 +179,7 @@ def randomized_decompose_factored(
     n_models, shape, options, progress, plan : as :func:`randomized_decompose`
     """
     opener = _need_opener(factors, "adapters")
+    options = options.resolved()  # a mode left unchosen means out (no view at this level)
     if options.mode not in ("out", "in"):
         raise OptionError("the randomized path applies to out- and in-mode; model mode is exact")
     plan = plan or make_plan(shape, n_models, options, factored=True, what="adapters")

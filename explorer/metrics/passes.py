@@ -133,6 +133,8 @@ def compute_metrics(
         computed from (:func:`explorer.engine.model_gram.model_kernel`); the models are then not
         read again.  Built from ``open_stream`` when omitted.
     """
+    # The decomposition read an unchosen mode as out (the engine sees no view): so do the metrics.
+    spectral_options = spectral_options.resolved()
     device = pick_device(spectral_options.device)
     dtype = pick_dtype(spectral_options.dtype, device)
     small = device.type == "cpu" and max(shape) <= _SINGLE_THREAD_SIDE and n_models <= _SINGLE_THREAD_SIDE

@@ -16,7 +16,12 @@ from dataclasses import asdict
 import torch
 
 from explorer.catalog.groups import LayerGroup, build_catalog, find_group
-from explorer.catalog.views import FactorStream, default_view, stream_for_view
+from explorer.catalog.views import (
+    FactorStream,
+    default_mode,
+    default_view,
+    stream_for_view,
+)
 from explorer.core.errors import MemberError
 from explorer.core.progress import ProgressFn
 from explorer.engine import memory
@@ -60,11 +65,18 @@ def _model_spectrum(stream, options: SpectralOptions, progress: ProgressFn | Non
     return decompose_kernel(kernel, stream.n_models, stream.shape, options, method=method), kernel
 
 
-def _resolve(family: Family, layer: str | LayerGroup, view: str | None) -> tuple[LayerGroup, str]:
+def _resolve(family: Family, layer: str | LayerGroup, view: str | None,
+             options: SpectralOptions) -> tuple[LayerGroup, str, SpectralOptions]:
+    """The group, the view (the group's default when None) and options with a concrete mode.
+
+    A mode left unchosen (None) becomes the view's (:func:`default_mode`: ``in`` for A, ``out``
+    otherwise) here, before the cache key is made, so that the key, the stored entry and the JSON
+    all name the mode that was computed, and an explicit mode always wins.
+    """
     group = layer if isinstance(layer, LayerGroup) else find_group(build_catalog(family), layer)
     if view is None:
         view = default_view(family, group)
-    return group, view
+    return group, view, options.resolved(default_mode(view))
 
 
 def analyze(
@@ -87,6 +99,9 @@ def analyze(
     view : {"full", "delta", "A", "B", "dW"}, optional
         Default: ``dW`` for LoRA groups, ``full`` for dense ones.
     options : SpectralOptions
+        With ``mode=None`` (the default) the view's mode is used: ``in`` for ``A`` (its rows span
+        the input space), ``out`` for every other view; ``Analysis.options.mode`` and
+        ``Analysis.spectrum.mode`` record the mode used.
     progress : callable(done, total, label), optional
         Called once per model read (the engine's pass, then the two metrics passes).
     metrics : MetricsOptions or None
@@ -102,7 +117,7 @@ def analyze(
     """
     if strict:
         check_strict(family.source, family.skipped)
-    group, view = _resolve(family, layer, view)
+    group, view, options = _resolve(family, layer, view, options)
     while True:
         try:
             return _analyze_once(family, group, view, options, progress, metrics)
@@ -180,10 +195,12 @@ def cache_key(
     """The content-addressed cache key (sha256 hex) of one analysis.
 
     It covers every input file's fingerprint (path, size, mtime_ns, header hash), the model
-    names and labels, the layer group, view, options and :data:`ENGINE_VERSION`.
+    names and labels, the layer group, view, options and :data:`ENGINE_VERSION`.  A mode left
+    unchosen is the view's (as in :func:`analyze`): the key of ``mode=None`` with view ``A`` is
+    the key of ``mode="in"``.
     """
     family = load_family(source) if isinstance(source, str) else source
-    group, view = _resolve(family, layer, view)
+    group, view, options = _resolve(family, layer, view, options)
     return _key_for(family, group, view, options, metrics)
 
 
@@ -203,13 +220,15 @@ def analyze_cached(
     Concurrent callers with the same key (other app sessions, processes) wait while one of them
     computes, then read its result.  A hit and a miss return identical arrays (both are read back
     from the stored entry).  ``progress`` is called only when something is computed.
-    ``strict`` refuses a family with bad members (see :func:`analyze`), on a hit too.
+    ``strict`` refuses a family with bad members (see :func:`analyze`), on a hit too.  A mode
+    left unchosen (``options.mode`` None) is the view's, resolved before the key is made, so
+    the entry, ``result.options.mode`` and the JSON name the mode computed.
     """
     # A Family (e.g. loaded with a base model or a name regex) is used as it is.
     family = source if isinstance(source, Family) else load_family(source, progress=progress, strict=strict)
     if strict:
         check_strict(family.source, family.skipped)
-    group, view = _resolve(family, layer, view)
+    group, view, options = _resolve(family, layer, view, options)
     key = _key_for(family, group, view, options, metrics)
     store = cache or ResultCache()
     payload, hit = store.get_or_compute(

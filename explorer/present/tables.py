@@ -1,13 +1,16 @@
-"""Tables shown beside the figures: the models' metadata, and per-layer summary rows.
+"""Tables shown beside the figures: the models' metadata, per-layer summary rows, skipped members.
 
 Pages, the report and the CLI build their tables here, so one rule gives one table everywhere.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
 from explorer.metrics.passes import MAX_GROUPS
 from explorer.pipeline.result import Analysis
+from explorer.sources.family import Skipped
 
 # Label columns tried, in order, to colour points and bars by group when none is chosen.
 GROUP_COLUMNS: tuple[str, ...] = ("task_group", "group", "init_group", "task")
@@ -74,3 +77,20 @@ def layer_summary(name: str, res: Analysis) -> dict[str, object]:
         row["null top 16"] = round(float(null_cum[k16]), 4)
         row["top16 / null"] = round(float(cum[k16] / null_cum[k16]), 3) if null_cum[k16] > 0 else None
     return row
+
+
+def skipped_table(skipped: Sequence[Skipped]) -> pd.DataFrame:
+    """One row per member left out of an analysis: ``member``, ``file`` and ``reason``.
+
+    A member listed twice (NaN/Inf in several layer groups of one family) keeps its first row,
+    as the CLI's stderr lines and the report do.
+
+    Returns
+    -------
+    DataFrame, shape (number of distinct members, 3)
+    """
+    first: dict[str, Skipped] = {}
+    for s in skipped:
+        first.setdefault(s.name, s)
+    return pd.DataFrame([{"member": s.name, "file": s.path, "reason": s.reason} for s in first.values()],
+                        columns=["member", "file", "reason"])

@@ -44,6 +44,10 @@ _REPO_PART = re.compile(r"(?![-.])[A-Za-z0-9._-]{1,96}(?<![-.])")
 # Git refs and commit hashes: no spaces, no "..", no control characters.
 _REVISION = re.compile(r"[A-Za-z0-9._/-]{1,255}")
 _GLOB_PART = re.compile(r"[A-Za-z0-9._*?-]{1,96}")
+# Longest file or folder name and longest path (bytes) Linux file systems take: past either,
+# every file-system call fails with ENAMETOOLONG, so such a path is refused before any is made.
+NAME_MAX = 255
+PATH_MAX = 4096
 
 
 def _truthy(value: str | None) -> bool:
@@ -87,6 +91,27 @@ def source_kind(source: str) -> str:
     return "local"
 
 
+def check_path_names(path: str | os.PathLike, what: str = "source") -> None:
+    """Refuse a path no file system can hold: a name over :data:`NAME_MAX` bytes, or too long in all.
+
+    Without this check the first ``stat`` of such a path raises ``OSError`` (ENAMETOOLONG), which
+    is not bad-input handling: the user would see a traceback instead of the path named.
+
+    Raises
+    ------
+    InputError
+        Naming the path and the limit it exceeds.
+    """
+    text = os.fspath(path)
+    longest = max((len(os.fsencode(part)) for part in Path(text).parts), default=0)
+    if longest > NAME_MAX:
+        raise InputError(f"{text}: {what} has a file or folder name of {longest} bytes; "
+                         f"names are at most {NAME_MAX} bytes")
+    if len(os.fsencode(text)) > PATH_MAX:
+        raise InputError(f"{text}: {what} path is {len(os.fsencode(text))} bytes long; paths are at most "
+                         f"{PATH_MAX} bytes")
+
+
 def check_local_path(path: str | os.PathLike, what: str = "source") -> Path:
     """Return ``path`` resolved; in server mode refuse it unless it lies inside an allowed root.
 
@@ -95,9 +120,11 @@ def check_local_path(path: str | os.PathLike, what: str = "source") -> Path:
     Raises
     ------
     InputError
-        In server mode, for a path outside every allowed root (or one that cannot be resolved,
-        such as a symlink loop).
+        For a name or path too long for any file system (:func:`check_path_names`); in server
+        mode, for a path outside every allowed root (or one that cannot be resolved, such as a
+        symlink loop).
     """
+    check_path_names(path, what)
     p = Path(path).expanduser()
     try:
         real = p.resolve(strict=False)

@@ -23,7 +23,7 @@ from explorer.sources.folder import is_model_dir, load_folder, load_model
 from explorer.sources.hub import load_hub
 from explorer.sources.labels import compile_name_regex, regex_labels
 from explorer.sources.manifest import absolute_source, is_manifest, read_manifest
-from explorer.sources.policy import check_local_path
+from explorer.sources.policy import check_local_path, check_path_names
 from explorer.sources.readers import is_weight_file
 from explorer.zoo import ensure_built
 
@@ -69,6 +69,7 @@ def load_family(
         fam = load_hub(source, progress=progress, name_regex=name_regex)
     else:
         path = Path(source).expanduser()
+        check_path_names(path)  # before the first stat, which a too-long name makes raise OSError
         _check_link(path, source)
         check_local_path(path)
 
@@ -112,6 +113,7 @@ def resolve_base(source: str, progress: ProgressFn | None = None) -> ModelRef:
         If it does not resolve to exactly one model.
     """
     p = Path(source).expanduser()
+    check_path_names(p, "base")
     if p.is_file() or (p.is_dir() and is_model_dir(p)):
         return load_model(p, "base", source=str(p))
     fam = load_family(source, progress=progress)

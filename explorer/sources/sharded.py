@@ -11,6 +11,7 @@ from pathlib import Path
 
 from explorer.core.errors import InputError
 from explorer.sources import readers
+from explorer.sources.policy import check_path_names
 
 # Preferred first: safetensors shards are read header-only, torch shards must be unpickled.
 _INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -45,6 +46,7 @@ def read_index(index: Path) -> tuple[tuple[str, ...], dict[str, str]]:
         if not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
             shown = shard.encode("ascii", "backslashreplace").decode()
             raise InputError(f"{index}: shard {shown!r} is not a plain file name next to the index")
+        check_path_names(index.parent / shard, "shard")
     paths = {v: str(index.parent / v) for v in set(weight_map.values())}
     for shard, p in sorted(paths.items()):
         if not Path(p).is_file():
