@@ -4,12 +4,18 @@ Exit codes: 0 all well; 2 bad input or options (one line on stderr naming what i
 1 an internal error.  Members of a family that cannot be used are skipped and named: ``inspect``
 lists them, ``analyze`` and ``report`` print one ``skipped:`` line each on stderr and count them
 in their summary; ``--strict`` refuses the family instead (exit 2).
+
+``app`` starts the Streamlit app (``streamlit run app.py`` on 127.0.0.1). Installed with ``pip install .``, the
+same commands run as ``subspace-explorer COMMAND`` from any folder (:func:`console_main`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import subprocess
 import sys
+import tomllib
 import traceback
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from explorer.catalog.views import VIEWS
 from explorer.core.atomic import atomic_write_bytes
 from explorer.core.backend import DEVICES, DTYPES
 from explorer.core.errors import ExplorerError, OptionError
+from explorer.core.paths import REPO_ROOT, running_from_checkout
 from explorer.core.progress import CliProgress
 from explorer.engine.options import CENTERS, METHODS, MODES, SpectralOptions
 from explorer.metrics.results import MetricsOptions
@@ -32,9 +39,9 @@ from explorer.sources.resolve import load_family
 from explorer.zoo import registry
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m explorer") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m explorer",
+        prog=prog,
         description="Subspace Explorer: joint spectral analysis of model families "
         "(the Universal Weight Subspace Hypothesis).",
         epilog="SOURCE: a folder (safetensors, sharded checkpoints, PEFT adapters, torch state dicts), a weight "
@@ -76,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     _decomposition_args(r)
     _family_args(r)
     _cache_args(r)
+
+    ap = sub.add_parser("app", parents=[common], help="start the Streamlit app (on 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=None, help="server port (default: 8501, from the app's config)")
+    ap.add_argument("--dry-run", action="store_true", help="print the streamlit command instead of running it")
     return p
 
 
@@ -106,7 +117,8 @@ def _family_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", metavar="DIR", help="results cache folder (default: cache/results)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="results cache folder (default: <cache root>/results; see EXPLORER_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="compute without reading or writing the cache")
 
 
@@ -230,13 +242,68 @@ def _cmd_report(args, progress) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def app_script() -> Path:
+    """The app's main script: ``app.py`` of the checkout, else the one installed as ``explorer_app``
+    (with ``pages/``, ``ui/`` and ``.streamlit/config.toml`` beside it)."""
+    if running_from_checkout() and (REPO_ROOT / "app.py").is_file():
+        return REPO_ROOT / "app.py"
+    import importlib.util
+
+    spec = importlib.util.find_spec("explorer_app")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / "app.py").is_file():
+            return Path(folder) / "app.py"
+    raise ExplorerError("the app's files (app.py, pages/, ui/) are not installed beside the explorer package")
+
+
+def _config_options(config: Path) -> dict[str, str]:
+    """The app's ``.streamlit/config.toml`` as ``{"section.key": value}`` for ``streamlit run`` flags, so that it
+    applies from any folder (Streamlit itself reads only the config of the current and the home folder)."""
+    if not config.is_file():
+        return {}
+    options = {}
+    for section, values in tomllib.loads(config.read_text(encoding="utf-8")).items():
+        for key, value in values.items():
+            options[f"{section}.{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return options
+
+
+def app_command(port: int | None = None) -> list[str]:
+    """The ``streamlit run`` command line that ``app`` runs."""
+    script = app_script()
+    options = _config_options(script.parent / ".streamlit" / "config.toml")
+    options.update({"server.address": "127.0.0.1", "browser.gatherUsageStats": "false"})
+    if port is not None:
+        if not 0 < port < 65536:
+            raise OptionError(f"--port {port}: not a TCP port (1..65535)")
+        options["server.port"] = str(port)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script)]
+    for name, value in options.items():
+        cmd += [f"--{name}", value]
+    return cmd
+
+
+def _cmd_app(args, progress) -> int:
+    cmd = app_command(args.port)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    progress.close()
+    return subprocess.call(cmd)
+
+
+def console_main() -> int:
+    """The ``subspace-explorer`` console command (``pip install .``): the CLI's subcommands and ``app``."""
+    return main(prog="subspace-explorer")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m explorer") -> int:
     """Run the CLI; return the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     progress = CliProgress(quiet=args.quiet)
     try:
         handler = {"zoo": _cmd_zoo, "inspect": _cmd_inspect, "analyze": _cmd_analyze,
-                   "report": _cmd_report}[args.command]
+                   "report": _cmd_report, "app": _cmd_app}[args.command]
         return handler(args, progress)
     except ExplorerError as exc:
         progress.close()

@@ -83,7 +83,54 @@ def test_no_roots_leaves_uploads_and_zoo_only(server, monkeypatch):
 
     data = (allowed / "fam" / "m0.safetensors").read_bytes()
     fam = family_from_uploads([("a.safetensors", data), ("b.safetensors", data)])
-    assert len(fam) == 2  # uploads live under <cache>/uploads, which server mode allows
+    assert len(fam) == 2  # an upload's own folder under <cache>/uploads is allowed in server mode
+
+
+def test_uploads_root_is_not_a_source_in_server_mode(server, tmp_path):
+    """``?source=<cache>/uploads`` would load every session's uploads as one family: refused."""
+    from explorer.sources.upload import upload_dir
+
+    allowed, _ = server
+    data = (allowed / "fam" / "m0.safetensors").read_bytes()
+    folder = upload_dir([("a.safetensors", data), ("b.safetensors", data)])
+    for src in (tmp_path / "cache" / "uploads", tmp_path / "cache" / "uploads" / ".tmp-x",
+                tmp_path / "cache" / "uploads" / "sub" / ".."):
+        with pytest.raises(InputError, match="the uploads folder itself is not a source") as err:
+            load_family(str(src))
+        assert "\n" not in str(err.value)
+    assert len(load_family(str(folder))) == 2  # its own folder opens
+
+
+def test_app_opens_only_its_own_session_uploads(server, monkeypatch):
+    """In server mode a session opens only the upload folders it made (kept in its session state)."""
+    from streamlit.testing.v1 import AppTest
+
+    from explorer.sources.upload import upload_dir
+    from ui.source_picker import UPLOADS_KEY
+
+    allowed, _ = server
+    data = (allowed / "fam" / "m0.safetensors").read_bytes()
+    theirs = upload_dir([("a.safetensors", data), ("b.safetensors", data)])
+    uploads = theirs.parent
+
+    def open_link(source: str, mine: list[str] | None = None) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.switch_page("pages/1_Spectrum.py")
+        at.query_params.update({"source": source, "layer": "layers.0"})
+        if mine is not None:
+            at.session_state[UPLOADS_KEY] = mine
+        return at.run()
+
+    for source, msg in ((str(uploads), "uploads folder itself is not a source"),
+                        (str(theirs), "upload of another session")):
+        at = open_link(source)
+        assert not at.exception, [e.message for e in at.exception]
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and msg in errors[0], errors
+        assert not at.get("plotly_chart")
+    at = open_link(str(theirs), mine=[str(theirs)])  # the session that uploaded it
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.get("plotly_chart")
 
 
 def test_hub_downloads_refused_in_server_mode(server, monkeypatch):

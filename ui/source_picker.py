@@ -3,6 +3,11 @@
 The kinds offered and their labels come from :mod:`explorer.sources.policy`, so server mode
 (``EXPLORER_SERVER_MODE=1``) can turn off local paths outside its roots, Hub downloads and
 uploads in one place for the app and the CLI.
+
+Uploads are per session: the folders a session uploaded are kept in ``st.session_state``
+(:data:`UPLOADS_KEY`), count against its upload total, and in server mode are the only upload
+folders it may open (a share link to another session's upload, or to the uploads folder, is
+refused with one message).
 """
 from __future__ import annotations
 
@@ -10,11 +15,18 @@ import streamlit as st
 
 from explorer.core.errors import ExplorerError
 from explorer.sources import policy
-from explorer.sources.upload import family_from_uploads
+from explorer.sources import upload as uploads
 from explorer.zoo import registry
 from ui.state import widget
 
 _LABEL_KIND = {label: kind for kind, label in policy.SOURCE_KIND_LABELS.items()}
+#: Session key of the upload folders this session made (a list of paths, oldest first).
+UPLOADS_KEY = "_upload_dirs"
+
+
+def session_uploads() -> list[str]:
+    """The upload folders this session made."""
+    return list(st.session_state.get(UPLOADS_KEY, []))
 
 
 def zoo_sources() -> list[str]:
@@ -45,15 +57,27 @@ def pick_source() -> str:
                       help="Families built here from scikit-learn's digits data, a planted synthetic one, "
                       "and LoRA adapters on MiniLM-L6 (on demand).")
     if kind == "local":
-        return widget("path", st.text_input, label="Folder, weight file or manifest",
-                      placeholder="/data/my-loras  or  family.yaml").strip()
+        return _own_uploads_only(widget("path", st.text_input, label="Folder, weight file or manifest",
+                                        placeholder="/data/my-loras  or  family.yaml").strip())
     if kind == "hub":
         return widget("hub", st.text_input, label="Hub repos", placeholder="hf:org/repo[,org/repo2] or hf:org/prefix*",
                       help=("server mode: only repos already in the local HF cache (or listed in "
                             "EXPLORER_HUB_ALLOW)" if policy.server_mode() else
                             "Downloads only the needed files into the standard Hugging Face cache; "
                             "with HF_HUB_OFFLINE=1 it works from that cache.")).strip()
-    return _pick_upload()
+    return _own_uploads_only(_pick_upload())
+
+
+def _own_uploads_only(source: str) -> str:
+    """``source``, or '' after one ``st.error`` when server mode keeps it from this session
+    (another session's upload, or the uploads folder itself)."""
+    if source and policy.server_mode():
+        try:
+            uploads.check_upload_access(source, session_uploads())
+        except ExplorerError as exc:
+            st.error(str(exc))
+            return ""
+    return source
 
 
 def _pick_upload() -> str:
@@ -62,15 +86,27 @@ def _pick_upload() -> str:
                              key="w_upload")
     if not files:
         return st.session_state.get("_upload_source", "")
-    # Streamlit hands the same files back on every rerun; only a new set is unpacked again.  The
-    # strict toggle is drawn below this picker, but its on_change has already updated sel_strict.
+    # Streamlit hands the same files back on every rerun; only a new set is unpacked again.  Each
+    # upload has its own file_id (a fixed file uploaded again under the same name and size too),
+    # and the library names the folder by content hash.  The strict toggle is drawn below this
+    # picker, but its on_change has already updated sel_strict.
     strict = bool(st.session_state.get("sel_strict"))
-    sig = (tuple((f.name, f.size) for f in files), strict)
+    sig = (tuple(getattr(f, "file_id", None) or (f.name, f.size) for f in files), strict)
     if st.session_state.get("_upload_sig") != sig:
+        mine = session_uploads()
         try:
-            fam = family_from_uploads([(f.name, f.getvalue()) for f in files], strict=strict)
-        except ExplorerError as exc:
-            st.error(str(exc))
-            return ""
-        st.session_state["_upload_sig"], st.session_state["_upload_source"] = sig, fam.source
+            # The files are passed as file objects: the library streams them to disk in chunks.
+            fam = uploads.family_from_uploads([(f.name, f) for f in files], strict=strict, session_dirs=mine)
+        except ExplorerError as exc:  # refused once: the same files are not unpacked again on reruns
+            st.session_state["_upload_sig"], st.session_state["_upload_source"] = sig, ""
+            st.session_state["_upload_error"] = str(exc)
+        else:
+            folder = uploads.upload_folder(fam.source)
+            if folder is not None and str(folder) not in mine:
+                st.session_state[UPLOADS_KEY] = [*mine, str(folder)]
+            st.session_state["_upload_sig"], st.session_state["_upload_source"] = sig, fam.source
+            st.session_state["_upload_error"] = ""
+    if st.session_state.get("_upload_error"):
+        st.error(st.session_state["_upload_error"])
+        return ""
     return st.session_state["_upload_source"]

@@ -6,8 +6,8 @@ In server mode:
 
 - local sources (folders, weight files, manifests, ``base`` models, shard files) must lie,
   after resolving every symlink and ``..``, inside one of ``EXPLORER_ALLOWED_ROOTS``
-  (``os.pathsep``-separated), or inside the upload folder ``<cache root>/uploads``, the zoo
-  folder or the HF cache; with no roots configured only uploads, the zoo and cached Hub repos
+  (``os.pathsep``-separated), or inside an upload's folder ``<cache root>/uploads/<id>`` (never
+  the uploads folder itself), the zoo folder or the HF cache; with no roots configured only uploads, the zoo and cached Hub repos
   are usable;
 - the Hub is used only for repos already in the local HF cache (nothing is downloaded, nothing
   is listed), except repos named in ``EXPLORER_HUB_ALLOW`` (comma-separated ``org/repo`` or
@@ -132,6 +132,12 @@ def check_local_path(path: str | os.PathLike, what: str = "source") -> Path:
         raise InputError(f"{path}: cannot be resolved (a symlink loop?)") from None
     if not server_mode():
         return real
+    uploads = (cache_root() / "uploads").resolve()
+    if real == uploads or (real.is_relative_to(uploads) and real.relative_to(uploads).parts[0].startswith(".")):
+        # Each upload is opened by its own folder (by the session that made it, see
+        # explorer.sources.upload.check_upload_access); the folder of all of them is no source.
+        raise InputError(f"{path}: the uploads folder itself is not a source (server mode: an upload is "
+                         "opened from its own folder, by the session that made it)")
     for root in allowed_roots():
         if real == root or real.is_relative_to(root):
             return real
