@@ -28,6 +28,8 @@ st.markdown(
     "that structure is real. The tour below runs live on the built-in zoo; the sidebar picks any family for "
     "the other pages."
 )
+if sel is None and ui.no_family():
+    ui.family_guide()
 
 
 def tour_sel(source: str) -> ui.Selection:

@@ -13,7 +13,7 @@ from explorer.figures import (
     universal_overlap_figure,
 )
 from explorer.metrics.angles import layer_overlap
-from explorer.metrics.passes import MAX_GROUPS
+from explorer.metrics.sums import MAX_GROUPS
 from explorer.metrics.random_reference import random_principal_angles
 from explorer.present.decimate import decimate_square
 from explorer.present.overlap import overlap_scale

@@ -6,8 +6,13 @@ import streamlit as st
 import ui
 from explorer.core.errors import ExplorerError
 from explorer.figures import coverage_figure, embedding_figure
-from explorer.present.embedding import METHODS, embed, explained_ratio
-from explorer.present.tables import metadata_table
+from explorer.present.embedding import (
+    METHODS,
+    best_separating_label,
+    embed,
+    explained_ratio,
+)
+from explorer.present.tables import default_group_column, metadata_table
 
 METHOD_LABELS = {"pca": "PCA (instant)", "umap": "UMAP (first use compiles, ~15 s)", "tsne": "t-SNE"}
 
@@ -30,8 +35,6 @@ table = metadata_table(res)
 c1, c2, c3 = st.columns(3)
 method = c1.selectbox("Method", METHODS, format_func=METHOD_LABELS.get, key="emb_method")
 dims = c2.radio("Dimensions", [2, 3], horizontal=True, key="emb_dims")
-cols = [c for c in table.columns if c != "name"]
-color_by = c3.selectbox("Colour by", cols or ["(none)"], key="emb_color")
 what = ("C_i = U_kᵀ W_i V_k, flattened" if m.coords is not None else "model-mode scores √λ_l q_il")
 st.caption(f"Each point is one model; its features are its coordinates in the shared basis ({what}, "
            f"{features.shape[1]} numbers), placed by {method.upper()}. Box or lasso-select points to inspect them.")
@@ -44,6 +47,12 @@ try:
 except ExplorerError as exc:
     st.error(str(exc))
     st.stop()
+cols = [c for c in table.columns if c != "name"] or ["(none)"]
+# Until the user picks a column, the default is the label whose groups the points separate best.
+best = best_separating_label(pts, table) or default_group_column(table)
+color_by = ui.defaulted_widget("emb_color", c3.selectbox, best, label="Colour by", options=cols,
+                               help="Default: the label whose groups are best separated in this embedding "
+                                    "(largest share of the points' variance between group means).")
 titles = ("axis 1", "axis 2", "axis 3")
 if method == "pca":
     r = explained_ratio(features, dims)

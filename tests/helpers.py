@@ -19,6 +19,22 @@ import torch
 from safetensors.torch import save_file
 
 
+def start_app(page: str, **query):
+    """Open ``page`` cold in a fresh AppTest session, with ``query`` as URL parameters.
+
+    The app is loaded from app.py (so the page registry is the app's) and switched to ``page``
+    before anything runs: app.py itself never executes first.
+    """
+    from streamlit.testing.v1 import AppTest  # only the app tests pay for importing it
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    if page != "app.py":
+        at.switch_page(page)
+    if query:
+        at.query_params.update(query)
+    return at.run()
+
+
 def decode_plotly(obj: Any) -> Any:
     """Recursively turn Plotly typed arrays ``{"dtype": "f8", "bdata": "..."}`` into numpy arrays.
 

@@ -143,3 +143,13 @@ def test_randomized_own_subspace_is_accurate_and_deterministic(monkeypatch):
     np.testing.assert_array_equal(a, b)
     # Slowly (linearly) decaying spectrum, the hard case: cosines to the exact subspace > 0.999.
     assert principal_cosines(a, top_left_basis(w, 6)).min() > 0.999
+
+
+def test_large_overlap_matrix_matches_pairwise_to_float32():
+    # Beyond 64 bases the symmetric product runs in float32: overlaps within 1e-5 of float64 pairs.
+    rng = np.random.default_rng(8)
+    bases = [np.linalg.qr(rng.standard_normal((40, 3)))[0] for _ in range(70)]
+    got = overlap_matrix(bases)
+    ref = np.array([[overlap(a, b) for b in bases] for a in bases])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(np.diag(got), 1.0, atol=1e-5)

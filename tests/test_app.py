@@ -10,30 +10,16 @@ from streamlit.testing.v1 import AppTest
 import explorer
 from explorer.sources import policy
 from explorer.zoo import planted
-from tests.helpers import figure_json, trace, write_adapter
+from tests.helpers import figure_json, start_app, trace, write_adapter
 from ui.progress import format_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
 
 
-def start(page: str, **query) -> AppTest:
-    """Open ``page`` as its first run in a fresh session (like a cold deep link), with ``query``.
-
-    The app is loaded from app.py (so the page registry is the app's) and switched to ``page``
-    before anything runs: app.py itself never executes first.
-    """
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    if page != "app.py":
-        at.switch_page(page)
-    if query:
-        at.query_params.update(query)
-    return at.run()
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_draws_a_chart_without_error(page):
-    at = start(page)
+    at = start_app(page)
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("plotly_chart")) >= 1
@@ -45,7 +31,7 @@ def _scree_y(at: AppTest) -> np.ndarray:
 
 
 def test_spectrum_scree_equals_engine_evr_and_follows_widgets():
-    at = start("pages/1_Spectrum.py", source="zoo:planted", layer="layers.0")
+    at = start_app("pages/1_Spectrum.py", source="zoo:planted", layer="layers.0")
     fam = explorer.load_family("zoo:planted")
     ref = explorer.analyze(fam, "layers.0").spectrum
     y = _scree_y(at)
@@ -62,7 +48,7 @@ def test_spectrum_scree_equals_engine_evr_and_follows_widgets():
 
 
 def test_deep_link_restores_state_on_a_cold_page():
-    at = start("pages/1_Spectrum.py", source="zoo:planted", layer="layers.1", mode="in", center="model", tau="0.8")
+    at = start_app("pages/1_Spectrum.py", source="zoo:planted", layer="layers.1", mode="in", center="model", tau="0.8")
     assert not at.exception
     assert at.sidebar.selectbox(key="w_layer").value == "layers.1"
     assert at.sidebar.radio(key="w_mode").value == "in"
@@ -83,7 +69,7 @@ def charts(at: AppTest) -> dict[str, dict]:
 
 
 def test_spectrum_page_null_band_and_layer_views():
-    at = start("pages/1_Spectrum.py", source="zoo:planted", layer="layers.0")
+    at = start_app("pages/1_Spectrum.py", source="zoo:planted", layer="layers.0")
     assert not at.exception
     fam = explorer.load_family("zoo:planted")
     res = explorer.analyze(fam, "layers.0")
@@ -101,7 +87,7 @@ def test_spectrum_page_null_band_and_layer_views():
 
 
 def test_overlap_page_heatmap_is_square_and_symmetric():
-    at = start("pages/2_Overlap.py", source="zoo:planted", layer="layers.0", mode="in")
+    at = start_app("pages/2_Overlap.py", source="zoo:planted", layer="layers.0", mode="in")
     assert not at.exception and not at.error
     figs = charts(at)
     model = next(f for t, f in figs.items() if t.startswith("Model × model"))
@@ -117,7 +103,7 @@ def test_overlap_page_heatmap_is_square_and_symmetric():
 
 
 def test_embedding_page_points_are_pca_of_coordinates():
-    at = start("pages/3_Embedding.py", source="zoo:planted", layer="layers.0")
+    at = start_app("pages/3_Embedding.py", source="zoo:planted", layer="layers.0")
     assert not at.exception and not at.error
     fig = next(iter(charts(at).values()))
     n = sum(len(t["x"]) for t in fig["data"])
@@ -131,7 +117,7 @@ def test_embedding_page_points_are_pca_of_coordinates():
 
 
 def test_generalization_page_curves_equal_metrics():
-    at = start("pages/4_Generalization.py", source="zoo:planted", layer="layers.0")
+    at = start_app("pages/4_Generalization.py", source="zoo:planted", layer="layers.0")
     assert not at.exception and not at.error
     fig = next(iter(charts(at).values()))
     res = explorer.analyze(explorer.load_family("zoo:planted"), "layers.0")
@@ -142,7 +128,7 @@ def test_generalization_page_curves_equal_metrics():
 
 
 def test_bad_source_shows_st_error_and_app_keeps_running():
-    at = start("pages/1_Spectrum.py", source="/no/such/folder")
+    at = start_app("pages/1_Spectrum.py", source="/no/such/folder")
     assert not at.exception
     assert any("/no/such/folder" in e.value for e in at.error)
     # The sidebar is still usable: pick the built-in zoo again and the charts come back.
@@ -152,7 +138,7 @@ def test_bad_source_shows_st_error_and_app_keeps_running():
 
 
 def test_families_overlaid_and_compared():
-    at = start("pages/1_Spectrum.py", source="zoo:digits-mlp-finetune", layer="layers.1")
+    at = start_app("pages/1_Spectrum.py", source="zoo:digits-mlp-finetune", layer="layers.1")
     assert not at.exception and not at.error
     at.multiselect(key="spectrum_families").set_value(["zoo:digits-mlp-scratch", "zoo:digits-random-init"]).run()
     assert not at.exception and not at.error
@@ -163,7 +149,7 @@ def test_families_overlaid_and_compared():
     y = trace(overlay, "zoo:digits-mlp-scratch · layers.1")["y"]
     np.testing.assert_allclose(y, scratch.spectrum.cumulative[: len(y)], rtol=1e-9)
 
-    at = start("pages/2_Overlap.py", source="zoo:digits-mlp-finetune", layer="layers.1", k="4")
+    at = start_app("pages/2_Overlap.py", source="zoo:digits-mlp-finetune", layer="layers.1", k="4")
     assert not at.exception and not at.error
     at.multiselect(key="overlap_families").set_value(["zoo:digits-mlp-scratch"]).run()
     fam = next(f for t, f in charts(at).items() if t.startswith("Family × family"))
@@ -179,7 +165,7 @@ def test_a_miss_shows_progress_and_a_hit_draws_nothing(family_factory, monkeypat
     rng = np.random.default_rng(3)
     folder = family_factory("fresh", {f"m{i}": {"layers.0.weight": rng.standard_normal((10, 7))} for i in range(5)},
                             {f"m{i}": {"group": "ab"[i % 2]} for i in range(5)})
-    at = start("pages/4_Generalization.py", source=str(folder), layer="layers.0")
+    at = start_app("pages/4_Generalization.py", source=str(folder), layer="layers.0")
     assert not at.exception and not at.error
     kind = at.sidebar.radio(key="w_kind")
     assert kind.value == policy.SOURCE_KIND_LABELS[policy.source_kind(str(folder))] == "Local path"
@@ -237,7 +223,7 @@ def test_switching_the_view_sets_its_mode_and_the_url_mode_wins(monkeypatch, tmp
         np.testing.assert_allclose(y, ref.spectrum.evr[: len(y)], rtol=1e-9)
         return view, mode
 
-    at = start("pages/1_Spectrum.py", source=src, layer="blk.0.fc")
+    at = start_app("pages/1_Spectrum.py", source=src, layer="blk.0.fc")
     assert state(at) == ("dW", "out")
     at.sidebar.selectbox(key="w_view").set_value("A").run()
     assert state(at) == ("A", "in")
@@ -252,5 +238,5 @@ def test_switching_the_view_sets_its_mode_and_the_url_mode_wins(monkeypatch, tmp
     at.sidebar.selectbox(key="w_view").set_value("A").run()
     assert state(at) == ("A", "in")
     # A share link's mode wins on the first load; without one, the view's default applies.
-    assert state(start("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A", mode="out")) == ("A", "out")
-    assert state(start("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A")) == ("A", "in")
+    assert state(start_app("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A", mode="out")) == ("A", "out")
+    assert state(start_app("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A")) == ("A", "in")

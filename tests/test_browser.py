@@ -140,3 +140,38 @@ def test_embedding_lasso_selection_shows_table_and_curves(streamlit_server, page
     page.get_by_text("24 selected models").wait_for(timeout=60_000)
     wait_title(page, "Captured energy of the selected models vs the rest")
     screenshot(page, "embedding-selection")
+
+
+@pytest.fixture(scope="module")
+def mistral_shape_family(tmp_path_factory):
+    """24 PEFT adapters of Mistral-7B shape (rank 16, q_proj 4096 x 4096, v_proj 1024 x 4096, bf16),
+    two layers: the real family's shapes with fewer adapters (the bench times 500)."""
+    import numpy as np
+    import torch
+
+    from tests.helpers import write_adapter
+
+    root = tmp_path_factory.mktemp("mistral-shape")
+    rng = np.random.default_rng(0)
+    shared = np.linalg.qr(rng.standard_normal((4096, 16)))[0]
+    for i in range(24):
+        factors = {}
+        for layer in (0, 1):
+            for proj, out in (("q_proj", 4096), ("v_proj", 1024)):
+                a = rng.standard_normal((16, 4096)) / 64
+                b = (shared[:out] @ rng.standard_normal((16, 16))) * 0.01 + 0.002 * rng.standard_normal((out, 16))
+                factors[f"model.layers.{layer}.self_attn.{proj}"] = (a, b)
+        write_adapter(root / f"adapter-{i:02d}", factors, 16, 32.0, dtype=torch.bfloat16)
+    return root
+
+
+def test_spectrum_of_a_mistral_shape_family_by_share_link(streamlit_server, page, mistral_shape_family):
+    # Opened cold by its share link: the visible group's scree first, then the other layer's
+    # comparison (overlay and heatmap), with the view's own mode (B: out-mode).
+    query = f"source={mistral_shape_family}&layer=model.layers.0.self_attn.q_proj&view=B"
+    open_page(page, streamlit_server, "Spectrum", query)
+    wait_title(page, "model.layers.0.self_attn.q_proj · B · out-mode")
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=300_000)
+    assert page.locator(f"{PLOT} .bars path").count() > 0
+    assert not page.locator("[data-testid='stException']").count()
+    screenshot(page, "spectrum-mistral-shape")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import explorer
-from explorer.metrics.passes import MAX_GROUPS
+from explorer.metrics.sums import MAX_GROUPS
 from explorer.metrics.results import MetricsOptions
 from explorer.present.curves import cumulative_matrix
 from explorer.present.overlap import overlap_scale

@@ -9,6 +9,7 @@ the modules hold one concept each:
 - ``source_picker``: the zoo / local path / Hub / upload pickers;
 - ``families``: cached family and catalog loaders, zoo builds on first use, comparable families;
 - ``compute``: analyses through the library's disk cache (:func:`compute`, :func:`analysis`);
+- ``guide``: the main area's guide while no family is chosen (:func:`family_guide`);
 - ``notices``: warnings about input not used as asked (skipped members, share-link values);
 - ``progress``: ``st.status`` + ``st.progress`` with an ETA, as a library progress callback;
 - ``export``: the export bar.
@@ -16,10 +17,11 @@ the modules hold one concept each:
 from ui.compute import analysis, compute
 from ui.export import export_bar
 from ui.families import comparable_families, ensure_zoo, load_catalog, load_family
+from ui.guide import family_guide, no_family
 from ui.navigation import PAGES, page_analysis, page_setup
 from ui.notices import skipped_warning
 from ui.sidebar import layers_in_range
-from ui.state import DEFAULTS, Selection
+from ui.state import DEFAULTS, Selection, defaulted_widget
 
 __all__ = [
     "DEFAULTS",
@@ -28,11 +30,14 @@ __all__ = [
     "analysis",
     "comparable_families",
     "compute",
+    "defaulted_widget",
     "ensure_zoo",
     "export_bar",
+    "family_guide",
     "layers_in_range",
     "load_catalog",
     "load_family",
+    "no_family",
     "page_analysis",
     "page_setup",
     "skipped_warning",

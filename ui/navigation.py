@@ -10,6 +10,7 @@ import streamlit as st
 
 import explorer
 from ui.compute import analysis
+from ui.guide import family_guide, no_family
 from ui.notices import link_warnings, remember_link, skipped_warning
 from ui.sidebar import sidebar
 from ui.state import Selection, init_state
@@ -49,12 +50,15 @@ def page_setup(title: str, icon: str = "🧭") -> Selection | None:
 def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explorer.Analysis]:
     """The start of every view page: set-up, sidebar, heading, then the selection's analysis.
 
-    Stops the page (after an ``st.error`` or an info line) when there is nothing to show;
-    members the analysis left out are named in one ``st.warning`` above the charts.
+    Stops the page when there is nothing to show: after the guide (:func:`ui.guide.family_guide`)
+    while no family is chosen, after an ``st.error`` when one cannot be used; members the
+    analysis left out are named in one ``st.warning`` above the charts.
     """
     sel = page_setup(title, icon)
     st.title(heading)
     if sel is None:
+        if no_family():
+            family_guide()
         st.stop()
     res = analysis(sel)
     if res is None:

@@ -133,6 +133,40 @@ def widget(field: str, make: Callable[..., Any], **kwargs: Any) -> Any:
     return make(key=wkey, on_change=sync, **kwargs)
 
 
+def defaulted_widget(key: str, make: Callable[..., Any], default: Any, **kwargs: Any) -> Any:
+    """Draw a page-local widget (not in the URL) whose default is computed by the page.
+
+    The value shown is the user's last pick (kept in ``pick_<key>``, so it survives page
+    switches and reruns) while ``options`` still offer it, else ``default`` (else the first
+    option).  A default is never taken for a pick: it follows what the page computes it from
+    (another layer, another family) until the user picks a value.
+
+    Parameters
+    ----------
+    key : str
+        The widget's key.
+    make : callable
+        The Streamlit widget function (``st.selectbox``, ``st.radio``...); it must take ``options``.
+    default : object
+        The value shown when the user has not picked one that is offered.
+    **kwargs
+        Passed on to ``make`` (``options`` included).
+
+    Returns
+    -------
+    The widget's value.
+    """
+    options = list(kwargs["options"])
+    pkey = f"pick_{key}"
+    picked = st.session_state.get(pkey)
+    st.session_state[key] = picked if picked in options else default if default in options else options[0]
+
+    def remember() -> None:
+        st.session_state[pkey] = st.session_state[key]
+
+    return make(key=key, on_change=remember, **kwargs)
+
+
 def as_float(x: object, default: float) -> float:
     """``float(x)``, or ``default`` for a value from the URL that is not a finite number.
 

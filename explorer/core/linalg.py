@@ -12,6 +12,7 @@ Everything here is stateless and shape-documented; callers above decide *what* t
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence, TypeVar
 
 import numpy as np
@@ -19,6 +20,7 @@ import scipy.linalg
 import torch
 
 from explorer.core.errors import OptionError
+from explorer.core.timing import stage
 
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
 
@@ -77,6 +79,16 @@ def _top_vectors_cpu(gram: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return vals[::-1], np.ascontiguousarray(vecs[:, ::-1])
 
 
+def _timed_eigen(fn):
+    """Charge a call to the ``eigen`` stage (:mod:`explorer.core.timing`)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with stage("eigen"):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+@_timed_eigen
 def eigh_desc(gram: torch.Tensor, k_store: int) -> tuple[np.ndarray, np.ndarray]:
     """All eigenvalues (descending) and the top-k sign-fixed eigenvectors of a symmetric PSD Gram.
 
@@ -105,6 +117,7 @@ def eigh_desc(gram: torch.Tensor, k_store: int) -> tuple[np.ndarray, np.ndarray]
     return vals.cpu().double().numpy(), vecs.cpu().double().numpy()
 
 
+@_timed_eigen
 def eigh_top(gram: torch.Tensor, k: int) -> tuple[np.ndarray, torch.Tensor]:
     """The top-``k`` eigenvalues and sign-fixed eigenvectors of a symmetric PSD Gram.
 
@@ -150,6 +163,7 @@ def eigh_np(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(vals[::-1], 0.0, None), sign_fix(np.ascontiguousarray(vecs[:, ::-1]))
 
 
+@_timed_eigen
 def eigvalsh_desc(gram: np.ndarray) -> np.ndarray:
     """Descending eigenvalues of a symmetric float64 matrix, clipped at 0 (MRRR driver, values only).
 

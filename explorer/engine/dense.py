@@ -135,8 +135,35 @@ def _gram(matrices, plan: SolverPlan, options, progress, row_reader) -> Spectrum
             progress(i + 1, plan.n_models, "reading models")
     if acc.count != plan.n_models:
         raise InputError(f"expected {plan.n_models} models, read {acc.count}")
-    vals, vecs = eigh_desc(acc.centered(options.center), options.k_store)
-    return Spectrum(vals, vecs, options.mode, options.center, plan.n_models, plan.shape)
+    side_sum = acc.sum if options.mode == "out" else acc.sum.T
+    return decompose_gram(acc.gram, side_sum, plan.n_models, plan.shape, options)
+
+
+def decompose_gram(gram: torch.Tensor, side_sum: torch.Tensor, n_models: int, shape: tuple[int, int],
+                   options: SpectralOptions, method: str = "exact") -> Spectrum:
+    """The Gram path's last step: center a raw Gram already accumulated, and decompose it.
+
+    Parameters
+    ----------
+    gram : Tensor, shape (d, d)
+        Raw G = sum_i X_i X_i^T of the side matrices (X_i = W_i in out-mode, W_i^T in in-mode).
+    side_sum : Tensor, shape (d, e)
+        S = sum_i X_i, for the centering.
+    n_models : int
+    shape : (m, n) of each model
+    options : SpectralOptions
+        Out- or in-mode (a mode left unchosen means out).
+    method : str
+        Recorded in the Spectrum (``exact``, or ``factored`` for LoRA products).
+
+    Returns
+    -------
+    Spectrum
+        The same as :func:`decompose` on the models G and S were summed from.
+    """
+    options = options.resolved()
+    vals, vecs = eigh_desc(centered_gram(gram, side_sum, n_models, options.center), options.k_store)
+    return Spectrum(vals, vecs, options.mode, options.center, n_models, tuple(shape), method=method)
 
 
 def _thin_solver(matrices, plan: SolverPlan, options, progress, row_reader) -> Spectrum:

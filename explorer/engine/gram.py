@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from explorer.core.timing import stage
+
 
 def _sym_bounds(d: int) -> list[int]:
     """Row-block bounds for :func:`sym_update_`: more blocks skip more of the redundant half."""
@@ -23,10 +25,11 @@ def sym_update_(gram: torch.Tensor, x: torch.Tensor) -> None:
     block partition saves (p - 1) / (2p) of the flops of one full product.
     """
     b = _sym_bounds(gram.shape[0])
-    for i in range(len(b) - 1):
-        xi = x[b[i]:b[i + 1]]
-        for j in range(i, len(b) - 1):
-            gram[b[i]:b[i + 1], b[j]:b[j + 1]].addmm_(xi, x[b[j]:b[j + 1]].T)
+    with stage("gram"):
+        for i in range(len(b) - 1):
+            xi = x[b[i]:b[i + 1]]
+            for j in range(i, len(b) - 1):
+                gram[b[i]:b[i + 1], b[j]:b[j + 1]].addmm_(xi, x[b[j]:b[j + 1]].T)
 
 
 def sym_mirror_(gram: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Randomized path for very large Gram sides (m or n > 16384): subspace iteration on the
-streamed Gram operator, never forming the d x d Gram.
+"""Randomized path for very large Gram sides (m or n > 16384): subspace iteration
+(:func:`explorer.core.topk.subspace_top_eigh`) on the streamed Gram operator, never forming
+the d x d Gram.
 
 With l = k_store + oversample columns and q = power_iters::
 
@@ -30,9 +31,9 @@ import torch
 
 from explorer.core.backend import as_compute
 from explorer.core.errors import InputError, OptionError
-from explorer.core.linalg import sign_fix, symmetrize
 from explorer.core.lowrank import LowRank, LowRankSum, as_lowrank
 from explorer.core.progress import ProgressFn
+from explorer.core.topk import subspace_top_eigh
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.engine.plan import SolverPlan, make_plan
 
@@ -60,9 +61,12 @@ class _Operator:
         self.trace = 0.0
         self.corr: torch.Tensor | None = None  # F with centering term  weight * F F^T
         self.weight = 0.0
+        self._applied = False
 
-    def apply(self, y: torch.Tensor, first: bool = False) -> torch.Tensor:
+    def apply(self, y: torch.Tensor) -> torch.Tensor:
         """G_c Y for Y (d x l); the first call also gathers trace and centering sums."""
+        first = not self._applied
+        self._applied = True
         out = torch.zeros_like(y)
         total = LowRankSum((self.d, self.width), self.dtype, self.device) if first and self.center == "model" else None
         col = torch.zeros(self.d, dtype=self.dtype, device=self.device)
@@ -97,20 +101,9 @@ class _Operator:
 
 
 def _run(op: _Operator, options: SpectralOptions, n_models: int, shape, dtype, device) -> Spectrum:
-    l = min(op.d, options.k_store + options.oversample)
-    gen = torch.Generator().manual_seed(options.seed)  # CPU generator: same draw on every device
-    omega = torch.randn(op.d, l, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    y = op.apply(omega, first=True)
-    for _ in range(options.power_iters):
-        y = op.apply(torch.linalg.qr(y).Q)
-    q = torch.linalg.qr(y).Q
-    t = q.T @ op.apply(q)
-    t = symmetrize(t)
-    theta, v = torch.linalg.eigh(t)
-    theta, v = torch.flip(theta, dims=[0]).clamp_min(0), torch.flip(v, dims=[1])
-    k = min(options.k_store, l)
-    basis = sign_fix(q @ v[:, :k])
-    return Spectrum(theta[:k].cpu().double().numpy(), basis.cpu().double().numpy(), options.mode,
+    vals, basis = subspace_top_eigh(op.apply, op.d, options.k_store, oversample=options.oversample,
+                                    iters=options.power_iters, seed=options.seed, dtype=dtype, device=device)
+    return Spectrum(vals, basis.cpu().double().numpy(), options.mode,
                     options.center, n_models, shape, trace=max(op.trace, 0.0), method="randomized")
 
 

@@ -7,7 +7,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.figures.style import base_layout, color
+from explorer.figures.style import PALETTE, base_layout
+from explorer.present.tables import category_order, is_categorical
+
+#: One colour per category, up to :data:`explorer.present.tables.MAX_CATEGORIES`: the shared
+#: Okabe-Ito palette, then four of Paul Tol's muted colours (distinct from it).
+CATEGORY_COLORS: tuple[str, ...] = PALETTE + ("#882255", "#44AA99", "#999933", "#661100")
 
 
 def embedding_figure(
@@ -18,7 +23,7 @@ def embedding_figure(
     title: str = "Models in the shared basis",
     axis_titles: Sequence[str] = ("axis 1", "axis 2", "axis 3"),
 ) -> go.Figure:
-    """Scatter of models (2-D or 3-D), one trace per value of ``color_by`` (numeric: a colour scale).
+    """Scatter of models (2-D or 3-D), one trace per value of ``color_by`` (many numbers: a colour scale).
 
     Parameters
     ----------
@@ -26,13 +31,16 @@ def embedding_figure(
     table : DataFrame, N rows
         Must have a ``name`` column; every column is shown on hover.
     color_by : str, optional
-        Column of ``table`` to colour by.
+        Column of ``table`` to colour by.  It is coloured as categories when
+        :func:`explorer.present.tables.is_categorical` says so (text, or at most
+        ``MAX_CATEGORIES`` distinct numbers), else on a continuous scale.
 
     Returns
     -------
     go.Figure
-        Categorical colouring: one trace per category, named by it; numeric or none: one trace
-        ``"models"``.  Each point's ``customdata`` is its row index in ``table`` (for selections).
+        Categorical colouring: one trace per category, named by it (numbers in increasing
+        order), the legend titled ``color_by``; continuous or none: one trace ``"models"``.
+        Each point's ``customdata`` is its row index in ``table`` (for selections).
     """
     points = np.asarray(points, dtype=float)
     dims = points.shape[1]
@@ -55,15 +63,16 @@ def embedding_figure(
     size = 4 if len(table) > 300 else 8
     if color_by and color_by in table.columns:
         col = table[color_by]
-        numeric = pd.to_numeric(col, errors="coerce")
-        if numeric.notna().all() and col.nunique() > 12:
-            add(idx, "models", dict(size=size, color=numeric.to_numpy(), colorscale="Viridis",
-                                    colorbar=dict(title=color_by), showscale=True))
+        if is_categorical(col):
+            text = col.astype(str).to_numpy()
+            for i, key in enumerate(category_order(col)):
+                add(idx[text == key], key, dict(size=size, color=CATEGORY_COLORS[i % len(CATEGORY_COLORS)]))
+            fig.update_layout(legend_title_text=color_by)
         else:
-            for i, key in enumerate(pd.unique(col.astype(str))):
-                add(idx[col.astype(str).to_numpy() == key], str(key), dict(size=size, color=color(i)))
+            add(idx, "models", dict(size=size, color=pd.to_numeric(col).to_numpy(dtype=float), colorscale="Viridis",
+                                    colorbar=dict(title=color_by), showscale=True))
     else:
-        add(idx, "models", dict(size=size, color=color(0)))
+        add(idx, "models", dict(size=size, color=PALETTE[0]))
     axes = {"xaxis": dict(title=axis_titles[0]), "yaxis": dict(title=axis_titles[1])}
     if dims == 3:
         fig.update_layout(scene=dict(xaxis_title=axis_titles[0], yaxis_title=axis_titles[1], zaxis_title=axis_titles[2]),

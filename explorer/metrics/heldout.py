@@ -22,7 +22,7 @@ import torch
 
 from explorer.core.errors import OptionError
 from explorer.core.linalg import eigh_np
-from explorer.core.lowrank import LowRank
+from explorer.core.lowrank import LowRank, LowRankSum
 from explorer.engine.gram import StackedGram
 
 
@@ -58,43 +58,62 @@ class PartitionGrams:
         self.cells = np.asarray(cells, dtype=np.int64)
         self.n_cells = int(self.cells.max()) + 1 if len(self.cells) else 0
         self._grams = [StackedGram(d, dtype, device) for _ in range(self.n_cells)]
-        self.sum = torch.zeros(self.n_cells, d, e, dtype=dtype, device=device)
+        # Sums kept as stacked factors and folded by wide products: adding one rank-16 ΔW to a
+        # 4096 x 4096 sum per model is memory-bound (500 of them took longer than the Gram).
+        self._sums = [LowRankSum((d, e), dtype, device) for _ in range(self.n_cells)]
+        self._dense: list[torch.Tensor | None] = [None] * self.n_cells
         self.count = np.bincount(self.cells, minlength=self.n_cells)
 
     def add(self, i: int, x: LowRank) -> None:
         """Add model ``i``'s side matrix X (d x e) to its cell."""
         c = int(self.cells[i])
         self._grams[c].add(x.gram_factor())
-        x.add_to(self.sum[c])
+        self._sums[c].add(x)
+        self._dense[c] = None
 
     def _gram(self, c: int) -> torch.Tensor:
         return self._grams[c].flush()
 
+    def _sum(self, c: int) -> torch.Tensor:
+        if self._dense[c] is None:
+            self._dense[c] = self._sums[c].value().dense()
+        return self._dense[c]
+
     def total(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Raw Gram, sum and count over all models."""
         g = self._gram(0).clone()
+        s = self._sum(0).clone()
         for c in range(1, self.n_cells):
             g += self._gram(c)
-        return g, self.sum.sum(dim=0), int(self.count.sum())
+            s += self._sum(c)
+        return g, s, int(self.count.sum())
 
     def cell(self, c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Raw Gram, sum and count of the models in cell ``c``."""
-        return self._gram(c), self.sum[c], int(self.count[c])
+        return self._gram(c), self._sum(c), int(self.count[c])
 
-    def without(self, c: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Raw Gram, sum and count of all models *not* in cell ``c`` (the downdate)."""
-        g, s, n = self.total()
-        return g - self._gram(c), s - self.sum[c], n - int(self.count[c])
+    def without(self, c: int, total: tuple[torch.Tensor, torch.Tensor, int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Raw Gram, sum and count of all models *not* in cell ``c`` (the downdate).
+
+        ``total`` is :meth:`total` when the caller already has it (one sum for all cells).
+        """
+        g, s, n = total if total is not None else self.total()
+        return g - self._gram(c), s - self._sum(c), n - int(self.count[c])
 
 
-def centered_norm2(x: LowRank, z: torch.Tensor | None) -> float:
-    """||X - Z||_F^2 (exact for dense X; by expansion for a factored one, which is never formed)."""
+def centered_norm2(x: LowRank, z: torch.Tensor | None, zz: float | None = None) -> float:
+    """||X - Z||_F^2 (exact for dense X; by expansion for a factored one, which is never formed).
+
+    ``zz`` = ||Z||^2 when the caller has it (one Z serves every model).
+    """
     if z is None:
         return x.sq_norm()
     if not x.factored:
         r = x.dense() - z
         return float((r * r).sum())
-    return max(x.sq_norm() - 2 * x.inner(z) + float((z * z).sum()), 0.0)
+    zz = float((z * z).sum()) if zz is None else float(zz)
+    return max(x.sq_norm() - 2 * x.inner(z) + zz, 0.0)
 
 
 def projection(u: torch.Tensor, x: LowRank, z: torch.Tensor | None, uz: torch.Tensor | None) -> torch.Tensor:
@@ -126,15 +145,38 @@ def captured_curve(u: torch.Tensor, x: LowRank | torch.Tensor, z: torch.Tensor |
         x = LowRank(x)
     if z is not None and uz is None:
         uz = u.T @ z
-    tot = centered_norm2(x, z)
+    return curve_from_projection(projection(u, x, z, uz), centered_norm2(x, z))
+
+
+def curve_from_projection(p: torch.Tensor, tot: float) -> np.ndarray:
+    """:func:`captured_curve` from the projection P = U^T (X - Z) (k x e) and ||X - Z||^2 at hand.
+
+    Returns
+    -------
+    ndarray, shape (k,)
+        cumsum of the rows' energies over ``tot``, clipped to [0, 1]; zeros when ``tot`` <= 0.
+    """
+    return curve_from_rows((p**2).sum(dim=1), tot)
+
+
+def curve_from_rows(rows: torch.Tensor, tot: float) -> np.ndarray:
+    """The captured-energy curve from each basis direction's energy ``rows`` (shape (k,)) and the total.
+
+    For a factored X = s L R with P = U^T (s L) (k x r), rows = diag(P (R R^T) P^T): the k x e
+    projection is never formed.
+    """
     if tot <= 0:
-        return np.zeros(u.shape[1])
-    rows = (projection(u, x, z, uz) ** 2).sum(dim=1)
+        return np.zeros(rows.shape[0])
     return np.clip(torch.cumsum(rows, 0).cpu().double().numpy() / tot, 0.0, 1.0)
 
 
-def mean_only(x: LowRank | torch.Tensor, mu: torch.Tensor) -> tuple[float, float]:
+def mean_only(x: LowRank | torch.Tensor, mu: torch.Tensor, mm: float | None = None,
+              xm: float | None = None) -> tuple[float, float]:
     """Mean-only baseline for one held-out model X (LowRank or Tensor, d x e) and the mean ``mu``.
+
+    ``mm`` = ||mu||^2 and ``xm`` = <X, mu> when the caller has them (one mean serves a whole fold,
+    and a block of factored models gets its inner products from one product: for a 4096 x 4096
+    ΔW, per-model passes over mu would dominate the metrics).
 
     Returns
     -------
@@ -146,13 +188,14 @@ def mean_only(x: LowRank | torch.Tensor, mu: torch.Tensor) -> tuple[float, float
     if isinstance(x, torch.Tensor):
         x = LowRank(x)
     xx = x.sq_norm()
-    mm = float((mu * mu).sum())
+    mm = float((mu * mu).sum()) if mm is None else float(mm)
     if xx <= 0:
         return 0.0, 0.0
-    xm = x.inner(mu)
+    xm = x.inner(mu) if xm is None else float(xm)
     cap = xm * xm / (mm * xx) if mm > 0 else 0.0
-    err = np.sqrt(centered_norm2(x, mu) / xx)
-    return float(min(max(cap, 0.0), 1.0)), float(err)
+    # Dense: ||X - mu||^2 exactly; factored: by expansion with the inner product at hand.
+    dist2 = centered_norm2(x, mu) if not x.factored else max(xx - 2 * xm + mm, 0.0)
+    return float(min(max(cap, 0.0), 1.0)), float(np.sqrt(dist2 / xx))
 
 
 def kernel_heldout(kmat: np.ndarray, train: np.ndarray, test: np.ndarray, k: int, center: str) -> np.ndarray:

@@ -10,9 +10,10 @@ top-k subspace (model x model angles).  Memory: O(folds * d^2 + groups * d^2 + e
 independent of N, plus the N x mn model stack only when it is small.  Each model is a
 :class:`~explorer.core.lowrank.LowRank` side matrix, kept factored for LoRA updates.
 
-Model mode needs no pass of its own: everything follows from the raw N x N kernel, which the
-pipeline hands over from the decomposition (``kernel=``); only without it is K built here, by the
-engine's :func:`~explorer.engine.model_gram.model_kernel`.
+Pass 2 projects blocks of models at once (one product per block and basis: per-model products
+are memory-bound).  Fold bases are refitted by :func:`explorer.core.topk.refit_basis` (randomized
+above 2048 rows, accuracy stated there).  Model mode needs no pass of its own
+(:mod:`explorer.metrics.model_mode`).
 """
 from __future__ import annotations
 
@@ -26,72 +27,98 @@ from explorer.core.errors import InputError
 from explorer.core.linalg import (
     center_matrix,
     centered_gram,
-    double_center,
     eigh_top,
     subtract_center,
 )
-from explorer.core.lowrank import as_lowrank
+from explorer.core.lowrank import LowRank, left_factor_products
 from explorer.core.progress import ProgressFn
-from explorer.core.threads import single_threaded
-from explorer.engine.gram import StackedGram
-from explorer.engine.model_gram import model_kernel
+from explorer.core.threads import is_small, single_threaded
+from explorer.core.timing import stage
+from explorer.core.topk import refit_basis
 from explorer.metrics import angles, baselines, heldout
+from explorer.metrics.model_mode import LOO_FLOPS, model_mode_metrics, set_null
+from explorer.metrics.sums import SideSums, gather_sums, side_matrices
 from explorer.metrics.results import (
     Groups,
     HeldOut,
     Metrics,
     MetricsOptions,
-    NullBand,
     Overlaps,
     kernel_scores,
     two_sided_curve,
+    two_sided_from_core,
 )
 
-_LOO_FLOPS = 2e10
-#: Most groups a metadata column may split a family into for group x group overlaps (one Gram
-#: per group is held); the app and the report offer only columns within 2..MAX_GROUPS.
-MAX_GROUPS = 32
-# Below this side, BLAS/LAPACK calls are too small to gain from threads (explorer.core.threads).
-_SINGLE_THREAD_SIDE = 512
+# Columns of side matrices stacked into one projection product in pass 2.
+_BLOCK_COLUMNS = 1024
 
 
-_AUTO_GROUP_COLUMNS = ("group", "task_group", "init_group", "task")
+def _blocks(items: Iterable[tuple[int, LowRank]], columns: int = _BLOCK_COLUMNS):
+    """Group ``(index, side matrix)`` pairs into lists of about ``columns`` left-factor columns."""
+    block: list = []
+    width = 0
+    for i, x in items:
+        block.append((i, x))
+        width += x.left.shape[1]
+        if width >= columns:
+            yield block
+            block, width = [], 0
+    if block:
+        yield block
 
 
-def _pick_groups(labels: Sequence[Mapping[str, str]], group_by: str, notes: list[str]):
-    """Group index per model (or None) for the metadata column chosen by ``group_by``."""
-    if group_by == "none":
-        return None, None, []
-    col = group_by
-    if group_by == "auto":
-        # The first label column that splits the family into 2..MAX_GROUPS groups.
-        cols = set().union(*[set(lab) for lab in labels]) if labels else set()
-        col = next((c for c in _AUTO_GROUP_COLUMNS if c in cols
-                    and 2 <= len({lab.get(c) for lab in labels}) <= MAX_GROUPS), None)
-        if col is None:
-            return None, None, []
-    values = [lab.get(col) for lab in labels]
-    if any(v is None for v in values):
-        notes.append(f"group angles skipped: metadata column {col!r} is missing for some models")
-        return None, None, []
-    names = sorted(set(values))
-    if not 2 <= len(names) <= MAX_GROUPS:
-        notes.append(f"group angles skipped: column {col!r} has {len(names)} values (need 2..{MAX_GROUPS})")
-        return None, None, []
-    return col, np.array([names.index(v) for v in values]), names
+def _fold_products(block, folds: np.ndarray, fold_fit: dict) -> list[torch.Tensor]:
+    """U_f^T (s L_i) for each model of a block with the basis of its own fold (one product per fold)."""
+    out: list = [None] * len(block)
+    for f in sorted({int(folds[i]) for i, _ in block}):
+        members = [j for j, (i, _) in enumerate(block) if int(folds[i]) == f]
+        for j, p in zip(members, left_factor_products(fold_fit[f][0], [block[j][1] for j in members])):
+            out[j] = p
+    return out
 
 
-def _read(it: Iterable[torch.Tensor], n: int, progress: ProgressFn | None, label: str):
-    count = 0
-    for i, w in enumerate(it):
-        if i >= n:
-            raise InputError(f"the layer group yielded more than the {n} models it announced")
-        count += 1
-        yield i, w
-        if progress:
-            progress(i + 1, n, label)
-    if count != n:
-        raise InputError(f"expected {n} models, read {count}")
+def _fold_mean_inners(block, folds: np.ndarray, fold_fit: dict) -> list[float | None]:
+    """<X_i, mu_f> for the factored models of a block against their fold's held-out mean.
+
+    One (sum r_i) x d x e product per fold instead of a pass over the dense d x e mean per model
+    (which is memory-bound: 134 MB read per 4096 x 4096 ΔW); None for dense models.
+    """
+    out: list = [None] * len(block)
+    for f in sorted({int(folds[i]) for i, _ in block}):
+        members = [j for j, (i, x) in enumerate(block) if int(folds[i]) == f and x.factored]
+        if not members:
+            continue
+        xs = [block[j][1] for j in members]
+        lm = torch.cat([x.scale * x.left for x in xs], dim=1).T @ fold_fit[f][3]  # (sum r, e)
+        c = 0
+        for j, x in zip(members, xs):
+            r = x.left.shape[1]
+            out[j] = float((lm[c:c + r] * x.right).sum())
+            c += r
+    return out
+
+
+def _measure(x: LowRank, pl: torch.Tensor, uz: torch.Tensor | None, vk: torch.Tensor | None, tot: float):
+    """One model against one basis: (one-sided curve, two-sided curve or None, core or None).
+
+    ``pl`` is :func:`left_factor_products`' U^T (s L) of the model.  A factored model without
+    centering is measured from its factors (rows = diag(P R R^T P^T), core = P (R V)); otherwise
+    the projection U^T X - U^T Z is formed.
+    """
+    if x.factored and uz is None:
+        rows = ((pl @ (x.right @ x.right.T)) * pl).sum(dim=1)
+        curve = heldout.curve_from_rows(rows, tot)
+        if vk is None:
+            return curve, None, None
+        two, core = two_sided_from_core((pl @ (x.right @ vk)).cpu().double().numpy(), tot)
+        return curve, two, core
+    p = pl @ x.right if x.factored else pl
+    p = p - uz if uz is not None else p
+    curve = heldout.curve_from_projection(p, tot)
+    if vk is None:
+        return curve, None, None
+    two, core = two_sided_curve(p, vk, tot)
+    return curve, two, core
 
 
 def compute_metrics(
@@ -106,6 +133,7 @@ def compute_metrics(
     null_ranks: Sequence[int] | None = None,
     *,
     kernel: np.ndarray | torch.Tensor | None = None,
+    sums: SideSums | None = None,
 ) -> Metrics:
     """Compute the metrics of one layer group.
 
@@ -132,88 +160,64 @@ def compute_metrics(
         Model mode: the raw (uncentered) kernel K_ij = <W_i, W_j>_F the decomposition was
         computed from (:func:`explorer.engine.model_gram.model_kernel`); the models are then not
         read again.  Built from ``open_stream`` when omitted.
+    sums : SideSums, optional
+        Out/in modes: pass 1 already made (:func:`side_sums`, the pipeline's, which decomposed
+        its Gram); only pass 2 then reads the models.
     """
     # The decomposition read an unchosen mode as out (the engine sees no view): so do the metrics.
     spectral_options = spectral_options.resolved()
     device = pick_device(spectral_options.device)
     dtype = pick_dtype(spectral_options.dtype, device)
-    small = device.type == "cpu" and max(shape) <= _SINGLE_THREAD_SIDE and n_models <= _SINGLE_THREAD_SIDE
-    with single_threaded(small):
+    with single_threaded(is_small(shape, n_models, device.type)):
         if spectral_options.mode == "model":
-            return _model_mode(open_stream, n_models, shape, basis, spectral_options, mopts, progress, device, dtype,
+            return model_mode_metrics(open_stream, n_models, shape, basis, spectral_options, mopts, progress, device, dtype,
                                kernel)
         return _side_mode(open_stream, n_models, shape, basis, spectral_options, mopts, labels, progress, device,
-                          dtype, null_ranks)
+                          dtype, null_ranks, sums)
 
 
-def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device, dtype, null_ranks) -> Metrics:
+def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device, dtype, null_ranks,
+               sums: SideSums | None = None) -> Metrics:
     mode, center = so.mode, so.center
     m, ncol = shape
     d, e = (m, ncol) if mode == "out" else (ncol, m)
     if basis.shape[0] != d:
         raise InputError(f"basis has {basis.shape[0]} rows, the {mode}-mode side of {shape} has {d}")
-    notes: list[str] = []
-    budget = mopts.max_memory_mb * 2**20
-    per_cell = (d * d + d * e) * torch.tensor([], dtype=dtype).element_size()
-
-    folds = None
-    if mopts.folds >= 2 and n >= 2:
-        folds = heldout.fold_assignment(n, mopts.folds, mopts.seed)
-        if (folds.max() + 1) * per_cell > budget:
-            notes.append(f"k-fold coverage skipped: {folds.max() + 1} fold Grams of {d}x{d} exceed max_memory_mb")
-            folds = None
-    elif mopts.folds >= 2:
-        notes.append("held-out coverage skipped: it needs at least 2 models")
-    group_by, groups, group_names = _pick_groups(labels, mopts.group_by, notes) if labels else (None, None, [])
-    if groups is not None and len(group_names) * per_cell > budget:
-        notes.append(f"group angles skipped: {len(group_names)} group Grams exceed max_memory_mb")
-        group_by, groups, group_names = None, None, []
-    keep_stack = n * m * ncol * 8 <= budget // 4
-    elt = torch.tensor([], dtype=dtype).element_size()
-    two_sided = e * e * elt <= budget
-    if not two_sided:
-        notes.append(f"two-sided energies and coordinates skipped: the {e}x{e} other-side Gram exceeds max_memory_mb")
+    if sums is None:
+        sums = gather_sums(open_stream, n, shape, so, mopts, labels, progress, device, dtype)
+    g, s, parts, gparts, other, stack = sums.gram, sums.side_sum, sums.parts, sums.gparts, sums.other, sums.stack
+    folds, group_by, group_names = sums.folds, sums.group_by, sums.group_names
+    notes, keep_stack, two_sided = list(sums.notes), sums.keep_stack, other is not None
 
     def models(label):
-        for i, item in _read(open_stream(), n, progress, label):
-            x = as_lowrank(item, i, shape, dtype, device, dense=True)
-            yield i, (x if mode == "out" else x.T)
+        return side_matrices(open_stream, n, shape, mode, dtype, device, progress, label)
 
-    # Pass 1: per-fold and per-group Gram sums, the other side's Gram, the small model stack.
-    parts = heldout.PartitionGrams(folds if folds is not None else np.zeros(n, int), d, e, dtype, device)
-    gparts = heldout.PartitionGrams(groups, d, e, dtype, device) if groups is not None else None
-    other = StackedGram(e, dtype, device) if two_sided else None
-    stack = []
-    for i, x in models("metrics: fitting folds"):
-        parts.add(i, x)
-        if gparts is not None:
-            gparts.add(i, x)
-        if other is not None:
-            other.add(x.cogram_factor())
-        if keep_stack:
-            stack.append(x.dense().reshape(-1).cpu().double())
-
-    g, s, _ = parts.total()
     z = center_matrix(s, n, center)
     kk = basis.shape[1]
     v = torch.zeros(e, 0, dtype=dtype, device=device)
     if other is not None:
-        oth = other.flush()
-        if z is not None:  # sum (X_i - Z)^T (X_i - Z): the other side of the same centering
-            oth = subtract_center(oth, s.T, z.T, n)
-        _, v = eigh_top(oth, kk)
+        with stage("other-side basis"):
+            oth = other.flush()
+            if z is not None:  # sum (X_i - Z)^T (X_i - Z): the other side of the same centering
+                oth = subtract_center(oth, s.T, z.T, n)
+            _, v = eigh_top(oth, kk)
     u = torch.as_tensor(basis, dtype=dtype, device=device)
     uz = u.T @ z if z is not None else None
+    zz = float((z * z).sum()) if z is not None else None
+    vk = v[:, :min(kk, v.shape[1])]
     ka = max(1, min(mopts.k_angles, kk, d))
 
     fold_fit = {}
     if folds is not None:
-        for f in range(int(folds.max()) + 1):
-            gf, sf, nf = parts.without(f)
-            _, uf = eigh_top(centered_gram(gf, sf, nf, center), kk)
-            zf = center_matrix(sf, nf, center)
-            fold_fit[f] = (uf, zf, uf.T @ zf if zf is not None else None, sf / nf)
-    do_loo = n >= 3 and (mopts.loo == "on" or (mopts.loo == "auto" and n * d**3 <= _LOO_FLOPS))
+        with stage("k-fold bases"):
+            for f in range(int(folds.max()) + 1):
+                gf, sf, nf = parts.without(f, (g, s, n))
+                uf = refit_basis(centered_gram(gf, sf, nf, center), kk, seed=mopts.seed)
+                zf = center_matrix(sf, nf, center)
+                muf = sf / nf
+                fold_fit[f] = (uf, zf, uf.T @ zf if zf is not None else None, muf, float((muf * muf).sum()),
+                               float((zf * zf).sum()) if zf is not None else None)
+    do_loo = n >= 3 and (mopts.loo == "on" or (mopts.loo == "auto" and n * d**3 <= LOO_FLOPS))
     if mopts.loo == "on" and n < 3:
         notes.append("leave-one-out skipped: it needs at least 3 models")
     elif mopts.loo == "auto" and not do_loo and n >= 3:
@@ -228,34 +232,44 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     norms2 = np.zeros(n)
     mean = {key: np.zeros(n) for key in ("kc", "ke", "lc", "le")}
     own = []
-    for i, x in models("metrics: measuring models"):
-        norms2[i] = heldout.centered_norm2(x, z)
-        out["one"][i] = heldout.captured_curve(u, x, z, uz)
-        out["two"][i], core = two_sided_curve(heldout.projection(u, x, z, uz), v[:, :k2], norms2[i])
-        block = core[:kc, :kc] if mode == "out" else core[:kc, :kc].T
-        coords[i] = block.reshape(-1)
-        if folds is not None:
-            uf, zf, uzf, muf = fold_fit[int(folds[i])]
-            out["kfold"][i] = heldout.captured_curve(uf, x, zf, uzf)
-            mean["kc"][i], mean["ke"][i] = heldout.mean_only(x, muf)
-        if do_loo:
-            f = x.gram_factor()
-            sl = s.clone()
-            x.add_to(sl, alpha=-1.0)
-            _, ul = eigh_top(centered_gram(g - f @ f.T, sl, n - 1, center), kk)
-            out["loo"][i] = heldout.captured_curve(ul, x, center_matrix(sl, n - 1, center))
-            mean["lc"][i], mean["le"][i] = heldout.mean_only(x, sl / (n - 1))
-        own.append(x.left_basis(ka))
+    with stage("pass 2: measure models"):
+        for block in _blocks(models("metrics: measuring models")):
+            xs = [x for _, x in block]
+            # One product per block and basis (per-model products are memory-bound); factored
+            # models stay factored: U^T (s L) (k x r), never the k x e projection.
+            pu = left_factor_products(u, xs)
+            pf = _fold_products(block, folds, fold_fit) if folds is not None else None
+            xm = _fold_mean_inners(block, folds, fold_fit) if folds is not None else None
+            for j, (i, x) in enumerate(block):
+                norms2[i] = heldout.centered_norm2(x, z, zz)
+                out["one"][i], out["two"][i], core = _measure(x, pu[j], uz, vk, norms2[i])
+                cblock = core[:kc, :kc] if mode == "out" else core[:kc, :kc].T
+                coords[i] = cblock.reshape(-1)
+                if folds is not None:
+                    _, zf, uzf, muf, mmf, zzf = fold_fit[int(folds[i])]
+                    out["kfold"][i] = _measure(x, pf[j], uzf, None, heldout.centered_norm2(x, zf, zzf))[0]
+                    mean["kc"][i], mean["ke"][i] = heldout.mean_only(x, muf, mmf, xm[j])
+                if do_loo:
+                    with stage("leave-one-out"):
+                        f = x.gram_factor()
+                        sl = s.clone()
+                        x.add_to(sl, alpha=-1.0)
+                        ul = refit_basis(centered_gram(g - f @ f.T, sl, n - 1, center), kk, seed=mopts.seed)
+                        out["loo"][i] = heldout.captured_curve(ul, x, center_matrix(sl, n - 1, center))
+                        mean["lc"][i], mean["le"][i] = heldout.mean_only(x, sl / (n - 1))
+                with stage("own subspaces"):
+                    own.append(x.left_basis(ka))
 
     ub = basis[:, :ka]
     res = Metrics(norms2=norms2, energy_one=out["one"], notes=notes)
     if two_sided:
         res.energy_two, res.coords, res.other_basis = out["two"], coords, v.cpu().double().numpy()
-    res.overlaps = Overlaps(
-        own=angles.overlap_matrix(own),
-        vs_universal=angles.overlap_matrix(own, [ub])[:, 0],
-        cosines=np.stack([np.pad(angles.principal_cosines(b, ub), (0, ka - min(b.shape[1], ka))) for b in own]),
-    )
+    with stage("overlaps"):
+        res.overlaps = Overlaps(
+            own=angles.overlap_matrix(own),
+            vs_universal=angles.overlap_matrix(own, [ub])[:, 0],
+            cosines=np.stack([np.pad(angles.principal_cosines(b, ub), (0, ka - min(b.shape[1], ka))) for b in own]),
+        )
     if folds is not None:
         res.heldout = HeldOut(folds=folds, kfold=out["kfold"], mean_kfold_captured=mean["kc"],
                               mean_kfold_error=mean["ke"])
@@ -264,17 +278,19 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
         res.heldout.loo, res.heldout.mean_loo_captured, res.heldout.mean_loo_error = out["loo"], mean["lc"], mean["le"]
     if gparts is not None:
         gb = []
-        for c in range(len(group_names)):
-            gg, sg, ng = gparts.cell(c)
-            gb.append(eigh_top(centered_gram(gg, sg, ng, center), ka)[1].cpu().double().numpy())
+        with stage("group bases"):
+            for c in range(len(group_names)):
+                gg, sg, ng = gparts.cell(c)
+                gb.append(eigh_top(centered_gram(gg, sg, ng, center), ka)[1].cpu().double().numpy())
         res.groups = Groups(by=group_by, names=group_names, bases=np.stack(gb), overlap=angles.overlap_matrix(gb),
                             vs_universal=angles.overlap_matrix(gb, [ub])[:, 0])
     if keep_stack:
-        xs = torch.stack(stack)
-        if z is not None:
-            xs = xs - z.reshape(-1).cpu().double()
-        res.kernel = (xs @ xs.T).numpy()
-        res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
+        with stage("model kernel"):
+            xs = torch.stack(stack)
+            if z is not None:
+                xs = xs - z.reshape(-1).cpu().double()
+            res.kernel = (xs @ xs.T).numpy()
+            res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
     if mopts.null_draws:
         if null_ranks is not None:
             ranks = np.asarray(null_ranks, dtype=np.int64)
@@ -283,7 +299,8 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
         else:
             spec = baselines.dense_null_spec(norms2, d, e, {"none": 0, "model": e, "vector": 1}[center])
         if baselines.null_affordable(spec):
-            _set_null(res, baselines.null_band(spec, mopts.null_draws, mopts.seed))
+            with stage("null"):
+                set_null(res, baselines.null_band(spec, mopts.null_draws, mopts.seed))
         else:
             res.mp_edge_evr = baselines.mp_edge_evr(spec)
             notes.append(f"Gaussian null band skipped: {mopts.null_draws} eigendecompositions of {d}x{d} "
@@ -291,70 +308,3 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     return res
 
 
-def _set_null(res: Metrics, band: NullBand) -> None:
-    res.null, res.mp_edge_evr = band, band.mp_edge_evr
-
-
-def _model_mode(open_stream, n, shape, basis, so, mopts, progress, device, dtype, kernel=None) -> Metrics:
-    """Model mode: everything follows from the N x N kernel of the models (given, or one pass)."""
-    m, ncol = shape
-    notes: list[str] = []
-    raw = _raw_kernel(open_stream, n, shape, so, mopts, progress, kernel)
-    kmat = double_center(raw) if so.center != "none" else raw
-    kk = basis.shape[1]
-    scores, curves = kernel_scores(kmat, mopts.k_coord)
-    res = Metrics(norms2=np.diag(kmat).copy(), energy_one=curves[:, :kk], scores=scores, kernel=kmat, notes=notes)
-    idx = np.arange(n)
-    if mopts.folds >= 2 and n >= 2:
-        folds = heldout.fold_assignment(n, mopts.folds, mopts.seed)
-        ho = res.heldout = HeldOut(folds=folds, kfold=np.zeros((n, kk)), mean_kfold_captured=np.zeros(n),
-                                   mean_kfold_error=np.zeros(n))
-        for f in range(int(folds.max()) + 1):
-            test, train = idx[folds == f], idx[folds != f]
-            ho.kfold[test] = heldout.kernel_heldout(raw, train, test, kk, so.center)
-            ho.mean_kfold_captured[test], ho.mean_kfold_error[test] = _kernel_mean_only(raw, train, test)
-    do_loo = n >= 3 and (mopts.loo == "on" or (mopts.loo == "auto" and n**4 <= _LOO_FLOPS))
-    if do_loo:
-        ho = res.heldout = res.heldout or HeldOut()
-        ho.loo, ho.mean_loo_captured, ho.mean_loo_error = np.zeros((n, kk)), np.zeros(n), np.zeros(n)
-        for i in range(n):
-            train, test = idx[idx != i], np.array([i])
-            ho.loo[i] = heldout.kernel_heldout(raw, train, test, kk, so.center)[0]
-            ho.mean_loo_captured[test], ho.mean_loo_error[test] = _kernel_mean_only(raw, train, test)
-    if mopts.null_draws:
-        band = baselines.model_null_band(res.norms2, m * ncol, so.center != "none", mopts.null_draws, mopts.seed)
-        _set_null(res, band)
-    notes.append("model x model, group and two-sided metrics are defined for out/in modes only")
-    return res
-
-
-def _raw_kernel(open_stream, n, shape, so, mopts, progress, kernel) -> np.ndarray:
-    """K_ij = <W_i, W_j>_F of the raw models, shape (N, N), float64 (a copy).
-
-    The decomposition's own kernel when given: the pipeline builds K once
-    (:func:`explorer.engine.model_gram.model_kernel`), so the models are not read again.
-    Otherwise the engine builds it from ``open_stream``: dense models stacked, or by row-blocks
-    of at most half of max_memory_mb (one pass per block); LoRA factors in one pass.
-    """
-    if kernel is None:
-        label = None if progress is None else (lambda d, t, what: progress(d, t, f"metrics: {what}"))
-        budget = mopts.max_memory_mb * 2**20
-        kernel = model_kernel(open_stream, n, shape, so, label, block_bytes=max(1, budget // 2))
-    if isinstance(kernel, torch.Tensor):
-        raw = kernel.detach().cpu().double().numpy().copy()
-    else:
-        raw = np.array(kernel, dtype=np.float64)
-    if raw.shape != (n, n):
-        raise InputError(f"model kernel has shape {raw.shape}, expected {(n, n)}")
-    return raw
-
-
-def _kernel_mean_only(raw: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean-only baseline from the raw kernel: <x_j, mu>^2 / (|mu|^2 |x_j|^2) and |x_j - mu| / |x_j|."""
-    xm = raw[np.ix_(test, train)].mean(axis=1)
-    mm = raw[np.ix_(train, train)].mean()
-    xx = raw[test, test]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cap = np.where((xx > 0) & (mm > 0), xm**2 / (mm * xx), 0.0)
-        err = np.where(xx > 0, np.sqrt(np.clip(xx - 2 * xm + mm, 0, None) / xx), 0.0)
-    return np.clip(cap, 0.0, 1.0), err

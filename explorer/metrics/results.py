@@ -299,7 +299,12 @@ def two_sided_curve(p: torch.Tensor, v: torch.Tensor, tot: float) -> tuple[np.nd
     core : ndarray, shape (ku, kv)
         C = U^T X V.
     """
-    core = (p @ v).cpu().double().numpy()
+    return two_sided_from_core((p @ v).cpu().double().numpy(), tot)
+
+
+def two_sided_from_core(core: np.ndarray, tot: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`two_sided_curve` from the core C = U^T X V (ku x kv) at hand (for a factored X,
+    C = (U^T s L)(R V) without the ku x e projection)."""
     kk = min(core.shape)
     if tot <= 0:
         return np.zeros(kk), core

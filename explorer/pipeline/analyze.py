@@ -20,16 +20,23 @@ from explorer.catalog.views import (
     FactorStream,
     default_mode,
     default_view,
+    held,
     stream_for_view,
+    timed,
 )
 from explorer.core.errors import MemberError
+from explorer.core.backend import pick_device
 from explorer.core.progress import ProgressFn
+from explorer.core.threads import fair_threads, heavy_slot, is_small, thread_limit
+from explorer.core.timing import stage
 from explorer.engine import memory
-from explorer.engine.dense import decompose
+from explorer.engine.dense import decompose, decompose_gram
 from explorer.engine.factored import decompose_factored
 from explorer.engine.model_gram import decompose_kernel, family_row_reader, model_kernel
 from explorer.engine.options import SpectralOptions, Spectrum
+from explorer.engine.plan import make_plan
 from explorer.metrics.passes import compute_metrics
+from explorer.metrics.sums import side_sums
 from explorer.metrics.results import MetricsOptions
 from explorer.pipeline.cache import ResultCache, family_fingerprint, make_key
 from explorer.pipeline.result import ENGINE_VERSION, Analysis
@@ -63,6 +70,14 @@ def _model_spectrum(stream, options: SpectralOptions, progress: ProgressFn | Non
     kernel = model_kernel(stream.open, stream.n_models, stream.shape, options, progress, row_reader=row_reader)
     method = "factored" if isinstance(stream, FactorStream) else "exact"
     return decompose_kernel(kernel, stream.n_models, stream.shape, options, method=method), kernel
+
+
+def _forms_gram(stream, options: SpectralOptions) -> bool:
+    """Whether the engine would accumulate the d x d Gram (solver ``gram``) for this stream."""
+    factored = isinstance(stream, FactorStream)
+    plan = make_plan(stream.shape, stream.n_models, options, ranks=stream.ranks if factored else None,
+                     factored=factored)
+    return plan.solver == "gram"
 
 
 def _resolve(family: Family, layer: str | LayerGroup, view: str | None,
@@ -118,6 +133,15 @@ def analyze(
     if strict:
         check_strict(family.source, family.skipped)
     group, view, options = _resolve(family, layer, view, options)
+    heavy = not is_small(group.shape, len(family.models), pick_device(options.device).type)
+    waiting = None if progress is None else (lambda: progress(0, 1, "waiting for another analysis to finish"))
+    with heavy_slot(heavy, on_wait=waiting), thread_limit(fair_threads() if heavy else None):
+        return _analyze_retrying(family, group, view, options, progress, metrics, strict)
+
+
+def _analyze_retrying(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
+                      progress: ProgressFn | None, metrics: MetricsOptions | None, strict: bool) -> Analysis:
+    """:func:`analyze` after resolving: leave out each member found with NaN/Inf data, and retry."""
     while True:
         try:
             return _analyze_once(family, group, view, options, progress, metrics)
@@ -136,6 +160,11 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
                   progress: ProgressFn | None, metrics: MetricsOptions | None) -> Analysis:
     """One attempt of :func:`analyze`; raises MemberError at the first member with NaN/Inf data."""
     stream = stream_for_view(family, group, view)
+    if metrics is not None:
+        # Three passes (decomposition, two metrics passes): read the files once when the
+        # factors fit an eighth of the metrics budget (262 MB at the default: 500 adapters' side).
+        stream = held(stream, metrics.max_memory_mb * 2**20 // 8)
+    stream = timed(stream)
     # Mixed-rank padding and the memory guard: refuse before any tensor is read.
     what = f"view {view!r} of {group.name!r}"
     stream.check(options.mode, options.center, what)
@@ -144,18 +173,25 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
     row_reader = None
     if options.mode == "model" and view in ("full", "delta"):
         row_reader = family_row_reader(family, group.tensor, base=family.base if view == "delta" else None)
-    kernel = None
-    if options.mode == "model":
-        spectrum, kernel = _model_spectrum(stream, options, progress, row_reader)
-    else:
-        spectrum = _spectrum(stream, options, progress, row_reader)
+    kernel = sums = None
     labels = [m.label_dict for m in family.models]
+    with stage("decomposition"):
+        if options.mode == "model":
+            spectrum, kernel = _model_spectrum(stream, options, progress, row_reader)
+        elif metrics is not None and _forms_gram(stream, options):
+            # The metrics' first pass sums the same Gram per fold: build it once, decompose its total.
+            sums = side_sums(stream.open, stream.n_models, stream.shape, options, metrics, labels, progress)
+            spectrum = decompose_gram(sums.gram, sums.side_sum, stream.n_models, stream.shape, options,
+                                      method="factored" if isinstance(stream, FactorStream) else "exact")
+        else:
+            spectrum = _spectrum(stream, options, progress, row_reader)
     result = None
     if metrics is not None:
         # A FactorStream yields LowRank items, which the metrics passes keep factored; in model
         # mode the decomposition's kernel is reused and no model is read again.
-        result = compute_metrics(stream.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
-                                 labels, progress, null_ranks=stream.ranks, kernel=kernel)
+        with stage("metrics"):
+            result = compute_metrics(stream.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
+                                     labels, progress, null_ranks=stream.ranks, kernel=kernel, sums=sums)
     return Analysis(
         family=family.name,
         source=family.source,

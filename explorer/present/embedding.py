@@ -1,4 +1,5 @@
-"""Place each model as a point: PCA (default), UMAP or t-SNE of its coordinates in the shared basis.
+"""Place each model as a point: PCA (default), UMAP or t-SNE of its coordinates in the shared basis;
+pick the label that best separates the points (the Embedding page's default colour).
 
 UMAP costs ~15 s of numba compilation in every new process, so it is imported only when asked
 for; callers cache its result.
@@ -6,9 +7,11 @@ for; callers cache its result.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from explorer.core.errors import OptionError
 from explorer.core.linalg import sign_fix
+from explorer.present.tables import MAX_CATEGORIES
 
 METHODS: tuple[str, ...] = ("pca", "umap", "tsne")
 
@@ -71,3 +74,74 @@ def explained_ratio(x: np.ndarray, dims: int) -> np.ndarray:
     k = min(dims, len(s))
     out[:k] = s[:k] / s.sum() if s.sum() > 0 else 0
     return out
+
+
+def separation(points: np.ndarray, labels: pd.Series) -> float:
+    """How well one label column separates the points: the adjusted one-way ANOVA R².
+
+    R² = SS_between / SS_total is the share of the points' total variance (summed over their
+    axes) that the group means explain; with g groups among N points it is corrected for chance,
+    ``1 - (1 - R²)(N - 1)/(N - g)``, so that a label with more groups (which explains more by
+    chance alone, (g - 1)/(N - 1) in expectation) does not win for that reason.
+
+    Parameters
+    ----------
+    points : ndarray, shape (N, d)
+        The embedded models (d = 2 or 3).
+    labels : Series, N values
+        One label column; missing values form one group of their own.
+
+    Returns
+    -------
+    float
+        At most 1; about 0 for a label unrelated to the points; NaN when the points do not
+        vary or there are not fewer groups than points (no within-group variance to compare).
+    """
+    x = np.asarray(points, dtype=np.float64)
+    codes, uniques = pd.factorize(pd.Series(labels).reset_index(drop=True), use_na_sentinel=False)
+    n, g = x.shape[0], len(uniques)
+    centered = x - x.mean(axis=0, keepdims=True)
+    total = float((centered**2).sum())
+    if not total > 0 or g >= n:
+        return float("nan")
+    counts = np.bincount(codes, minlength=g).astype(np.float64)
+    sums = np.zeros((g, x.shape[1]))
+    np.add.at(sums, codes, centered)
+    between = float(((sums**2).sum(axis=1) / counts).sum())  # Σ_groups n_j ‖mean_j - mean‖²
+    r2 = min(between / total, 1.0)
+    return 1.0 - (1.0 - r2) * (n - 1) / (n - g)
+
+
+def best_separating_label(points: np.ndarray, table: pd.DataFrame) -> str | None:
+    """The label column that best separates the embedded models, or None.
+
+    Candidates are the columns of ``table`` other than ``name`` with 2 to
+    :data:`explorer.present.tables.MAX_CATEGORIES` distinct values (categories: what a colour
+    can show group by group) and fewer groups than models.  The winner has the highest
+    :func:`separation` (adjusted between-group / total variance of the points); ties keep the
+    column that comes first in ``table``.
+
+    Parameters
+    ----------
+    points : ndarray, shape (N, d)
+        The embedded models, one row per row of ``table``.
+    table : DataFrame, N rows
+        As :func:`explorer.present.tables.metadata_table` builds it.
+
+    Returns
+    -------
+    str or None
+        None when no candidate separates the points better than chance (every separation is
+        at most 0, or NaN), e.g. for a family without labels.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != len(table):
+        raise OptionError(f"points have shape {x.shape}, expected ({len(table)}, d): one row per model")
+    best, best_score = None, 0.0
+    for c in table.columns:
+        if c == "name" or not 2 <= table[c].nunique() <= MAX_CATEGORIES:
+            continue
+        score = separation(x, table[c])
+        if score > best_score + 1e-12:  # NaN never wins; a tie keeps the earlier column
+            best, best_score = c, score
+    return best

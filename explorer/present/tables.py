@@ -8,12 +8,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from explorer.metrics.passes import MAX_GROUPS
+from explorer.metrics.sums import MAX_GROUPS
 from explorer.pipeline.result import Analysis
 from explorer.sources.family import Skipped
 
 # Label columns tried, in order, to colour points and bars by group when none is chosen.
 GROUP_COLUMNS: tuple[str, ...] = ("task_group", "group", "init_group", "task")
+#: A label column with at most this many distinct values is coloured as categories (one colour
+#: each), numeric or not; a numeric column with more gets a continuous colour scale.
+MAX_CATEGORIES = 12
 
 
 def metadata_table(res: Analysis) -> pd.DataFrame:
@@ -30,7 +33,7 @@ def group_columns(table: pd.DataFrame) -> list[str]:
     """The label columns of ``table`` that split the models into 2..MAX_GROUPS groups.
 
     These are the columns group x group overlaps can be fitted by (the metrics pass keeps one
-    Gram per group, up to :data:`explorer.metrics.passes.MAX_GROUPS`), and the ones worth
+    Gram per group, up to :data:`explorer.metrics.sums.MAX_GROUPS`), and the ones worth
     colouring a chart by: a column with one value says nothing, one with a value per model is
     an identifier.
 
@@ -51,6 +54,51 @@ def default_group_column(table: pd.DataFrame) -> str | None:
     """The first of :data:`GROUP_COLUMNS` that is one of :func:`group_columns`, or None."""
     candidates = group_columns(table)
     return next((c for c in GROUP_COLUMNS if c in candidates), None)
+
+
+def is_categorical(col: pd.Series) -> bool:
+    """Whether a label column is coloured as categories rather than on a continuous scale.
+
+    A column is categorical unless every value is a number and it has more than
+    :data:`MAX_CATEGORIES` distinct values: a numeric label with few values (a seed shared by
+    one group of adapters, a LoRA rank) names groups, not positions on a scale.
+
+    Parameters
+    ----------
+    col : Series
+        One label column of :func:`metadata_table`.
+
+    Returns
+    -------
+    bool
+    """
+    numeric = pd.to_numeric(col, errors="coerce")
+    return not bool(numeric.notna().all()) or int(col.nunique()) <= MAX_CATEGORIES
+
+
+def category_order(col: pd.Series) -> list[str]:
+    """The distinct values of ``col`` as legend entries (strings), in the order they are shown.
+
+    Numeric columns are sorted by value (``1, 2, 10``, not ``1, 10, 2``); other columns keep
+    the order of first appearance.
+
+    Parameters
+    ----------
+    col : Series
+        One label column of :func:`metadata_table`.
+
+    Returns
+    -------
+    list of str
+        Each value as ``str(value)`` (missing values as ``"nan"``), once.
+    """
+    text = col.astype(str)
+    numeric = pd.to_numeric(col, errors="coerce")
+    keys = list(dict.fromkeys(text))
+    if numeric.notna().all():
+        first = dict(zip(text, numeric))
+        keys.sort(key=lambda k: float(first[k]))
+    return keys
 
 
 def layer_summary(name: str, res: Analysis) -> dict[str, object]:

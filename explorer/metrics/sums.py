@@ -1,0 +1,183 @@
+"""Pass 1 of the out/in-mode metrics: what is gathered over the models before any basis is known.
+
+One read of every model accumulates, per fold and per metadata group, the Gram and sum of the
+side matrices (:class:`~explorer.metrics.heldout.PartitionGrams`), the other side's Gram, and the
+small model stack.  The total Gram and sum are the decomposition's own, so the pipeline
+decomposes them (:func:`explorer.engine.dense.decompose_gram`) instead of reading the models
+once more to build the same Gram: :func:`side_sums` is that shared pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from explorer.core.backend import pick_device, pick_dtype
+from explorer.core.errors import InputError
+from explorer.core.lowrank import as_lowrank
+from explorer.core.progress import ProgressFn
+from explorer.core.threads import is_small, single_threaded
+from explorer.core.timing import stage
+from explorer.engine.gram import StackedGram
+from explorer.metrics import heldout
+from explorer.metrics.results import MetricsOptions
+
+#: Most groups a metadata column may split a family into for group x group overlaps (one Gram
+#: per group is held); the app and the report offer only columns within 2..MAX_GROUPS.
+MAX_GROUPS = 32
+
+
+_AUTO_GROUP_COLUMNS = ("group", "task_group", "init_group", "task")
+
+
+def _pick_groups(labels: Sequence[Mapping[str, str]], group_by: str, notes: list[str]):
+    """Group index per model (or None) for the metadata column chosen by ``group_by``."""
+    if group_by == "none":
+        return None, None, []
+    col = group_by
+    if group_by == "auto":
+        # The first label column that splits the family into 2..MAX_GROUPS groups.
+        cols = set().union(*[set(lab) for lab in labels]) if labels else set()
+        col = next((c for c in _AUTO_GROUP_COLUMNS if c in cols
+                    and 2 <= len({lab.get(c) for lab in labels}) <= MAX_GROUPS), None)
+        if col is None:
+            return None, None, []
+    values = [lab.get(col) for lab in labels]
+    if any(v is None for v in values):
+        notes.append(f"group angles skipped: metadata column {col!r} is missing for some models")
+        return None, None, []
+    names = sorted(set(values))
+    if not 2 <= len(names) <= MAX_GROUPS:
+        notes.append(f"group angles skipped: column {col!r} has {len(names)} values (need 2..{MAX_GROUPS})")
+        return None, None, []
+    return col, np.array([names.index(v) for v in values]), names
+
+
+def _read(it: Iterable[torch.Tensor], n: int, progress: ProgressFn | None, label: str):
+    count = 0
+    for i, w in enumerate(it):
+        if i >= n:
+            raise InputError(f"the layer group yielded more than the {n} models it announced")
+        count += 1
+        yield i, w
+        if progress:
+            progress(i + 1, n, label)
+    if count != n:
+        raise InputError(f"expected {n} models, read {count}")
+
+
+@dataclass
+class SideSums:
+    """What pass 1 gathers over the models of an out- or in-mode group (nothing depends on a basis).
+
+    Attributes
+    ----------
+    gram : Tensor, shape (d, d)
+        Raw Gram G = sum X_i X_i^T of the side matrices (the decomposition's, before centering).
+    side_sum : Tensor, shape (d, e)
+        S = sum X_i.
+    parts, gparts : PartitionGrams
+        Per fold (and per metadata group, or None) Gram and sum.
+    other : StackedGram or None
+        The other side's Gram sum X_i^T X_i (None when it exceeds the budget).
+    stack : list of Tensor
+        Each model flattened (float64), kept while the N x mn stack is small (else empty).
+    folds, groups : ndarray of int or None
+    group_by, group_names, notes, keep_stack : the choices pass 1 made.
+    """
+
+    mode: str
+    d: int
+    e: int
+    gram: torch.Tensor
+    side_sum: torch.Tensor
+    parts: heldout.PartitionGrams
+    gparts: heldout.PartitionGrams | None
+    other: StackedGram | None
+    stack: list
+    folds: np.ndarray | None
+    groups: np.ndarray | None
+    group_by: str | None
+    group_names: list
+    notes: list
+    keep_stack: bool
+
+
+def side_sums(
+    open_stream: Callable[[], Iterable[torch.Tensor]],
+    n_models: int,
+    shape: tuple[int, int],
+    spectral_options,
+    mopts: MetricsOptions,
+    labels: Sequence[Mapping[str, str]] = (),
+    progress: ProgressFn | None = None,
+) -> SideSums:
+    """Pass 1 of the out/in-mode metrics, on its own: one read of every model.
+
+    Its total Gram and sum are exactly what the decomposition's Gram path accumulates, so the
+    pipeline decomposes ``gram`` itself (:func:`explorer.engine.dense.decompose_gram`) and hands
+    the sums to :func:`compute_metrics` (``sums=``): the Gram is built once per analysis.
+    """
+    so = spectral_options.resolved()
+    if so.mode not in ("out", "in"):
+        raise InputError(f"side sums are defined for out/in modes, not {so.mode!r}")
+    device = pick_device(so.device)
+    dtype = pick_dtype(so.dtype, device)
+    with single_threaded(is_small(shape, n_models, device.type)):
+        return gather_sums(open_stream, n_models, shape, so, mopts, labels, progress, device, dtype)
+
+
+def side_matrices(open_stream, n, shape, mode, dtype, device, progress, label):
+    """(index, side matrix X_i) for every model: W_i (out-mode) or W_i^T (in-mode), as LowRank."""
+    for i, item in _read(open_stream(), n, progress, label):
+        x = as_lowrank(item, i, shape, dtype, device, dense=True)
+        yield i, (x if mode == "out" else x.T)
+
+
+def gather_sums(open_stream, n, shape, so, mopts, labels, progress, device, dtype) -> SideSums:
+    mode = so.mode
+    m, ncol = shape
+    d, e = (m, ncol) if mode == "out" else (ncol, m)
+    notes: list[str] = []
+    budget = mopts.max_memory_mb * 2**20
+    per_cell = (d * d + d * e) * torch.tensor([], dtype=dtype).element_size()
+
+    folds = None
+    if mopts.folds >= 2 and n >= 2:
+        folds = heldout.fold_assignment(n, mopts.folds, mopts.seed)
+        if (folds.max() + 1) * per_cell > budget:
+            notes.append(f"k-fold coverage skipped: {folds.max() + 1} fold Grams of {d}x{d} exceed max_memory_mb")
+            folds = None
+    elif mopts.folds >= 2:
+        notes.append("held-out coverage skipped: it needs at least 2 models")
+    group_by, groups, group_names = _pick_groups(labels, mopts.group_by, notes) if labels else (None, None, [])
+    if groups is not None and len(group_names) * per_cell > budget:
+        notes.append(f"group angles skipped: {len(group_names)} group Grams exceed max_memory_mb")
+        group_by, groups, group_names = None, None, []
+    # The N x mn stack (for the side-mode model kernel) only while small: an eighth of the budget
+    # (256 MiB by default: 500 rank-16 A factors would be 262 MB, and memory is to stay flat in N).
+    keep_stack = n * m * ncol * 8 <= budget // 8
+    elt = torch.tensor([], dtype=dtype).element_size()
+    two_sided = e * e * elt <= budget
+    if not two_sided:
+        notes.append(f"two-sided energies and coordinates skipped: the {e}x{e} other-side Gram exceeds max_memory_mb")
+
+    # Pass 1: per-fold and per-group Gram sums, the other side's Gram, the small model stack.
+    parts = heldout.PartitionGrams(folds if folds is not None else np.zeros(n, int), d, e, dtype, device)
+    gparts = heldout.PartitionGrams(groups, d, e, dtype, device) if groups is not None else None
+    other = StackedGram(e, dtype, device) if two_sided else None
+    stack = []
+    with stage("pass 1: fold and group sums"):
+        for i, x in side_matrices(open_stream, n, shape, mode, dtype, device, progress, "metrics: fitting folds"):
+            parts.add(i, x)
+            if gparts is not None:
+                gparts.add(i, x)
+            if other is not None:
+                other.add(x.cogram_factor())
+            if keep_stack:
+                stack.append(x.dense().reshape(-1).cpu().double())
+        g, s, _ = parts.total()
+    return SideSums(mode, d, e, g, s, parts, gparts, other, stack, folds, groups, group_by, group_names, notes,
+                    keep_stack)
