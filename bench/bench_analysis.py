@@ -18,7 +18,8 @@ Peers, in the same run: the decomposition alone (``metrics=None``) of every case
 script into its own venv (``cache/bench/lorashare-venv``; never into requirements.txt), timed
 in-process on the same adapter folders (A and B of q_proj and v_proj: the same four groups our
 A and B views analyse).  Accuracy: top-16 singular values against a numpy float64 reference
-built independently from the files.  Contention: the B analysis again while another CPU-bound
+built independently from the files.  The app: the Spectrum page of the 500-adapter group opened
+by its share link in Debian's Chromium on a fresh server, cold and then from the cache.  Contention: the B analysis again while another CPU-bound
 job (a 2-thread float64 matmul loop) runs, against the 2x a fair share of the cores explains.
 """
 from __future__ import annotations
@@ -203,6 +204,47 @@ def contended(case: dict) -> dict:
         busy.wait()
 
 
+# ----------------------------------------------------------------------------- the app
+def app_times(folder: Path, views: list[str]) -> list[dict]:
+    """The Spectrum page opened by its share link on a fresh server: cold, then from the cache.
+
+    Seconds from ``goto`` to the first drawn chart (the visible group's scree), in Debian's
+    Chromium (bench/_app_driver.py), one fresh browser context per load.
+    """
+    import asyncio
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import _app_driver as drv  # noqa: E402  (bench-local module)
+    from playwright.async_api import async_playwright
+
+    async def run() -> list[dict]:
+        out: list[dict] = []
+        root = drv.make_cache_root(drv.temp_dir("bench-app-"))
+        server = drv.Server(drv.free_port(), root, root / "server.log")
+        server.start()
+        try:
+            async with async_playwright() as pw:
+                browser = await drv.launch_browser(pw)
+                for view in views:
+                    url = f"{server.url}/Spectrum?source={folder}&layer={Q_PROJ}&view={view}"
+                    for when in ("cold", "from cache"):
+                        context, page, errors = await drv.new_page(browser)
+                        t0 = time.perf_counter()
+                        await page.goto(url)
+                        state = await drv.wait_chart(page, 900)
+                        seconds = time.perf_counter() - t0
+                        await drv.wait_idle(page, 900)  # the page's comparisons finish before the next load
+                        out.append({"view": view, "when": when, "seconds": seconds, "state": state,
+                                    "errors": len(errors)})
+                        await context.close()
+                await browser.close()
+        finally:
+            server.stop()
+        return out
+
+    return asyncio.run(run())
+
+
 # ----------------------------------------------------------------------------- report
 def _stage_rows(stages: dict) -> dict[str, float]:
     """Stage seconds grouped as the table shows them."""
@@ -226,6 +268,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float64,float32")
     ap.add_argument("--no-lorashare", action="store_true")
     ap.add_argument("--no-contention", action="store_true")
+    ap.add_argument("--no-app", action="store_true", help="skip timing the Spectrum page in Chromium")
+    ap.add_argument("--app-only", action="store_true", help="only time the Spectrum page in Chromium")
     ap.add_argument("--markdown", action="store_true", help="also print the README tables")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     args = ap.parse_args()
@@ -240,6 +284,10 @@ def main() -> None:
     print(f"family: {p['n']} PEFT adapters (rank {p['rank']}, q_proj {p['dim']}x{p['dim']}, "
           f"v_proj {p['v_dim']}x{p['dim']}, bf16) in {big}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     results: dict = {"params": p, "cases": []}
+    if args.app_only:
+        results["app"] = app_times(big, [v for v in ("B", "dW") if v in views])
+        report(results, args.markdown)
+        return
 
     for view in views:
         ref = reference_sv(big, Q_PROJ, view)
@@ -264,6 +312,8 @@ def main() -> None:
         results["lorashare"] = run_lorashare(big)
         print(f"  lorashare compress: {results['lorashare']['seconds']:.1f} s in-process "
               f"({results['lorashare']['process_s']:.1f} s as a process)", flush=True)
+    if not args.no_app:
+        results["app"] = app_times(big, [v for v in ("B", "dW") if v in views])
     if not args.no_contention and "B" in views:
         base = next(c for c in results["cases"] if c["view"] == "B" and c["dtype"] == dtypes[0] and c["n"] == p["n"])
         r = contended({"family": str(big), "layer": Q_PROJ, "view": "B", "dtype": dtypes[0]})
@@ -281,6 +331,20 @@ def report(results: dict, markdown: bool) -> None:
     p = results["params"]
     n, ns = p["n"], p["n_small"]
     big = [c for c in results["cases"] if c["n"] == n and c["layer"] == Q_PROJ]
+    if big:
+        _case_tables(results, big, n, ns, markdown)
+    if "app" in results:
+        print()
+        _table(["Spectrum page by share link", "seconds to first chart", "state"],
+               [[f"view {r['view']}, {r['when']}", f"{r['seconds']:.1f}", r["state"] + (f", {r['errors']} console errors"
+                 if r["errors"] else "")] for r in results["app"]], markdown)
+    if "contention" in results:
+        c = results["contention"]
+        print(f"\nwith one competing CPU-bound job: B analysis {c['quiet_s']:.1f} s -> {c['contended_s']:.1f} s "
+              f"({c['contended_s'] / c['quiet_s']:.2f}x; a fair share of the cores would be 2x)")
+
+
+def _case_tables(results: dict, big: list, n: int, ns: int, markdown: bool) -> None:
     stage_names: list[str] = []
     for c in big:
         for k in _stage_rows(c["stages"]):
@@ -303,17 +367,14 @@ def report(results: dict, markdown: bool) -> None:
     if "lorashare" in results:
         ls = results["lorashare"]["seconds"]
         print()
-        head2 = ["A + B of q_proj and v_proj", "seconds", "vs lorashare"]
+        head2 = ["A + B of q_proj and v_proj", "seconds", "lorashare's time / ours"]
         rows2 = [["lorashare compress (float32, in-process)", f"{ls:.1f}", "1.00x"]]
         for dtype in sorted({c["dtype"] for c in results["cases"]}, reverse=True):
             tot = sum(c["whole_s"] for c in results["cases"] if c["n"] == n and c["dtype"] == dtype
                       and c["view"] in ("A", "B"))
-            rows2.append([f"subspace-explorer whole analysis, {dtype}", f"{tot:.1f}", f"{ls / tot:.2f}x faster"])
+            verdict = "faster than lorashare" if tot < ls else "slower than lorashare"
+            rows2.append([f"subspace-explorer whole analysis, {dtype}", f"{tot:.1f}", f"{ls / tot:.2f}x ({verdict})"])
         _table(head2, rows2, markdown)
-    if "contention" in results:
-        c = results["contention"]
-        print(f"\nwith one competing CPU-bound job: B analysis {c['quiet_s']:.1f} s -> {c['contended_s']:.1f} s "
-              f"({c['contended_s'] / c['quiet_s']:.2f}x; a fair share of the cores would be 2x)")
 
 
 def _table(head, rows, markdown) -> None:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from explorer.core import threads
+from explorer.core.errors import OptionError
 
 
 def test_heavy_analyses_run_one_at_a_time_and_say_they_wait():
@@ -66,3 +68,13 @@ def test_fair_threads_leaves_our_own_threads_out():
     _ = a @ a
     got = threads.fair_threads()
     assert got is None or got >= 1
+
+
+def test_explorer_threads_overrides_the_measurement(monkeypatch):
+    monkeypatch.setenv("EXPLORER_THREADS", "3")
+    assert threads.fair_threads() == 3
+    monkeypatch.setenv("EXPLORER_THREADS", "all")
+    assert threads.fair_threads() is None
+    monkeypatch.setenv("EXPLORER_THREADS", "many")
+    with pytest.raises(OptionError, match="EXPLORER_THREADS"):
+        threads.fair_threads()

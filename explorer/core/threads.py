@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 import torch
 from threadpoolctl import threadpool_limits
 
+from explorer.core.errors import OptionError
+
 
 @contextmanager
 def thread_limit(n: int | None) -> Iterator[None]:
@@ -69,7 +71,16 @@ def fair_threads(samples: int = 5) -> int | None:
     on the core left, takes about the 2x a fair share explains (bench/bench_analysis.py).  So
     the cores minus the other processes' tasks running now (the median of a few samples)
     are used; None (no limit) on an otherwise idle machine or where it cannot be measured.
+    ``EXPLORER_THREADS`` (a count, or ``all``) overrides the measurement.
     """
+    fixed = os.environ.get("EXPLORER_THREADS", "").strip()
+    if fixed:  # a deliberate setting wins: a positive count, or "all" for no limit
+        if fixed == "all":
+            return None
+        try:
+            return max(1, int(fixed))
+        except ValueError:
+            raise OptionError(f"EXPLORER_THREADS must be a positive integer or 'all', got {fixed!r}") from None
     cores = os.cpu_count() or 1
     counts = []
     for _ in range(samples):
