@@ -1,9 +1,10 @@
 """Top-k eigenpairs of a symmetric PSD operator by randomized subspace iteration (written once).
 
 Two callers: the randomized decomposition path (:mod:`explorer.engine.randomized`, a Gram
-too large to form, applied model by model) and the metrics' refitted bases — held-out folds
-and metadata groups (:mod:`explorer.metrics.passes`), whose d x d Grams are formed but need only
-their top k vectors.  With l = k + oversample columns and q = iters::
+too large to form, applied model by model) and the metrics' refitted held-out fold bases
+(:mod:`explorer.metrics.passes`; also leave-one-out where it runs), whose d x d Grams are formed
+but need only their top k vectors.  Metadata-group bases (k = 8) stay exact: so few vectors in a
+flat spectrum are not determined well enough by a few iterations.  With l = k + oversample columns and q = iters::
 
     Q = qr(Omega)                   Omega: d x l Gaussian from ``seed`` (a CPU generator)
     repeat q + 1 times: Y = A Q; Q = qr(Y)
@@ -29,7 +30,7 @@ import torch
 
 from explorer.core.linalg import eigh_top, sign_fix, symmetrize
 
-#: Refitted bases (folds, groups) come from :func:`subspace_top_eigh` at and above this side;
+#: Refitted bases (folds, leave-one-out) come from :func:`subspace_top_eigh` at and above this side;
 #: below it the exact partial eigh is as fast.
 FAST_SIDE = 2048
 #: Power iterations and oversampling of the refitted bases (accuracy: module docstring).
@@ -87,7 +88,7 @@ def subspace_top_eigh(
 
 
 def refit_basis(gram: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """Top-``k`` eigenvectors of a formed Gram refitted on part of the models (a fold, a group).
+    """Top-``k`` eigenvectors of a formed Gram refitted on part of the models (a fold, all but one).
 
     Exact (:func:`~explorer.core.linalg.eigh_top`) below :data:`FAST_SIDE` or when k is more
     than a quarter of the side; randomized (:func:`subspace_top_eigh`, accuracy in the module

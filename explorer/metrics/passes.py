@@ -37,7 +37,6 @@ from explorer.core.timing import stage
 from explorer.core.topk import refit_basis
 from explorer.metrics import angles, baselines, heldout
 from explorer.metrics.model_mode import LOO_FLOPS, model_mode_metrics, set_null
-from explorer.metrics.sums import SideSums, gather_sums, side_matrices
 from explorer.metrics.results import (
     Groups,
     HeldOut,
@@ -48,6 +47,7 @@ from explorer.metrics.results import (
     two_sided_curve,
     two_sided_from_core,
 )
+from explorer.metrics.sums import SideSums, gather_sums, side_matrices
 
 # Columns of side matrices stacked into one projection product in pass 2.
 _BLOCK_COLUMNS = 1024
@@ -67,11 +67,18 @@ def _blocks(items: Iterable[tuple[int, LowRank]], columns: int = _BLOCK_COLUMNS)
         yield block
 
 
+def _by_fold(block, folds: np.ndarray, factored_only: bool = False):
+    """(fold, positions in ``block`` of its models): the grouping both per-fold products use."""
+    for f in sorted({int(folds[i]) for i, _ in block}):
+        members = [j for j, (i, x) in enumerate(block) if int(folds[i]) == f and (x.factored or not factored_only)]
+        if members:
+            yield f, members
+
+
 def _fold_products(block, folds: np.ndarray, fold_fit: dict) -> list[torch.Tensor]:
     """U_f^T (s L_i) for each model of a block with the basis of its own fold (one product per fold)."""
     out: list = [None] * len(block)
-    for f in sorted({int(folds[i]) for i, _ in block}):
-        members = [j for j, (i, _) in enumerate(block) if int(folds[i]) == f]
+    for f, members in _by_fold(block, folds):
         for j, p in zip(members, left_factor_products(fold_fit[f][0], [block[j][1] for j in members])):
             out[j] = p
     return out
@@ -80,21 +87,14 @@ def _fold_products(block, folds: np.ndarray, fold_fit: dict) -> list[torch.Tenso
 def _fold_mean_inners(block, folds: np.ndarray, fold_fit: dict) -> list[float | None]:
     """<X_i, mu_f> for the factored models of a block against their fold's held-out mean.
 
-    One (sum r_i) x d x e product per fold instead of a pass over the dense d x e mean per model
-    (which is memory-bound: 134 MB read per 4096 x 4096 ΔW); None for dense models.
+    One product per fold, mu_f^T [s L_i ...] (e x sum r_i), instead of a pass over the dense d x e
+    mean per model (memory-bound: 134 MB read per 4096 x 4096 ΔW); None for dense models.
     """
     out: list = [None] * len(block)
-    for f in sorted({int(folds[i]) for i, _ in block}):
-        members = [j for j, (i, x) in enumerate(block) if int(folds[i]) == f and x.factored]
-        if not members:
-            continue
+    for f, members in _by_fold(block, folds, factored_only=True):
         xs = [block[j][1] for j in members]
-        lm = torch.cat([x.scale * x.left for x in xs], dim=1).T @ fold_fit[f][3]  # (sum r, e)
-        c = 0
-        for j, x in zip(members, xs):
-            r = x.left.shape[1]
-            out[j] = float((lm[c:c + r] * x.right).sum())
-            c += r
+        for j, x, p in zip(members, xs, left_factor_products(fold_fit[f][3], xs)):
+            out[j] = float((p.T * x.right).sum())  # <s L R, mu> = sum((mu^T s L)^T * R)
     return out
 
 

@@ -24,8 +24,8 @@ from explorer.catalog.views import (
     stream_for_view,
     timed,
 )
-from explorer.core.errors import MemberError
 from explorer.core.backend import pick_device
+from explorer.core.errors import MemberError
 from explorer.core.progress import ProgressFn
 from explorer.core.threads import fair_threads, heavy_slot, is_small, thread_limit
 from explorer.core.timing import stage
@@ -36,8 +36,8 @@ from explorer.engine.model_gram import decompose_kernel, family_row_reader, mode
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.engine.plan import make_plan
 from explorer.metrics.passes import compute_metrics
-from explorer.metrics.sums import side_sums
 from explorer.metrics.results import MetricsOptions
+from explorer.metrics.sums import side_sums
 from explorer.pipeline.cache import ResultCache, family_fingerprint, make_key
 from explorer.pipeline.result import ENGINE_VERSION, Analysis
 from explorer.pipeline.result_io import SCHEMA as RESULT_SCHEMA
