@@ -223,6 +223,8 @@ def _cmd_analyze(args, progress) -> int:
     for j in range(k):
         null = f" {m.null.cum_median[j]:>9.4f}" if has_null and j < len(m.null.cum_median) else ""
         print(f"{j + 1:>4} {sp.singular_values[j]:>12.5g} {sp.evr[j]:>8.4f} {sp.cumulative[j]:>8.4f}{null}")
+    if has_null:
+        print(f"null cum = the null's median. {m.null.caption}.")
     if res.cache_key:
         print(f"cache key {res.cache_key}{' (from cache)' if res.from_cache else ''}")
     return 0

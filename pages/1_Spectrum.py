@@ -23,7 +23,8 @@ with right:
     n_max = st.number_input("Components shown", min(4, n_comp), max(4, n_comp), min(64, n_comp),
                             key="spectrum_ncomp")
     show_null = st.toggle("Gaussian null band + MP edge", value=True, key="spectrum_null",
-                          help="Same shapes and Frobenius norms, iid Gaussian entries: 8 draws, median and 5–95 %.")
+                          help="Each model replaced by iid Gaussian entries of its own shape and strength, centred as the data is; "
+                               "median and a band of stated coverage (100 draws where affordable).")
     st.metric(f"k at τ = {sel.tau:g}", sp.k_at(sel.tau))
 null = m.null if show_null and m is not None else None
 with left:
@@ -36,6 +37,8 @@ st.caption(
     f"{sel.mode}-mode Gram (squared singular values of the unfolding), total energy {sp.total:.4g}. "
     "Bars above the grey null band are structure a strength-matched random family would not show."
 )
+if null is not None:
+    st.caption(null.caption + ".")
 
 st.subheader("Layers of this module type (sidebar layer range)")
 same_type = ui.layers_in_range(sel)

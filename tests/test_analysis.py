@@ -13,6 +13,7 @@ from explorer.core.errors import OptionError
 from explorer.core.linalg import TAUS
 from explorer.engine.dense import decompose
 from explorer.engine.options import SpectralOptions
+from explorer.metrics import null_spec
 from explorer.metrics.passes import compute_metrics
 from explorer.metrics.results import MetricsOptions
 from explorer.pipeline.analyze import _spectrum, analyze
@@ -84,8 +85,13 @@ def test_factor_stream_matches_dense(monkeypatch):
     np.testing.assert_allclose(sp.eigenvalues, ref.eigenvalues, rtol=1e-9, atol=1e-9 * ref.eigenvalues[0])
     met = compute_metrics(stream.dense().open, len(factors), (12, 9), sp.basis, so,
                           MetricsOptions(null_draws=3), null_ranks=stream.ranks)
-    # The null uses rank-2 Gaussian factors: its Marchenko-Pastur q is N * r, not N * n.
-    assert met.mp_edge_evr == pytest.approx((np.sqrt(12) + np.sqrt(12)) ** 2 / (12 * 12))
+    # The null uses rank-2 Gaussian factors: its Marchenko-Pastur q is N * r, not N * n (with equal
+    # strengths the edge is (sqrt(12) + sqrt(12))^2 / (12 * 12); these adapters' differ, which moves it out).
+    spec = null_spec.factored_null_spec(met.norms2, 12, 9, np.array(stream.ranks))
+    assert spec.dof.sum() == 12 and met.mp_edge_evr == pytest.approx(null_spec.mp_edge_evr(spec), rel=1e-12)
+    equal = null_spec.factored_null_spec(np.ones(6), 12, 9, np.full(6, 2))
+    assert null_spec.mp_edge_evr(equal) == pytest.approx((np.sqrt(12) + np.sqrt(12)) ** 2 / (12 * 12))
+    assert met.mp_edge_evr > null_spec.mp_edge_evr(equal)
     w = dense[0].numpy()
     u = sp.basis
     np.testing.assert_allclose(met.energy_one[0], np.cumsum(((u.T @ w) ** 2).sum(axis=1)) / (w**2).sum(), atol=1e-10)

@@ -41,7 +41,8 @@ def test_scree_with_null_band(planted_res):
                             mp_edge_evr=m.mp_edge_evr))
     med = trace(fig, "null median")["y"]
     np.testing.assert_allclose(med, m.null.evr_median[: len(med)], rtol=1e-12)
-    band = trace(fig, "null 5–95 %")["y"]
+    band = trace(fig, m.null.band_name)["y"]
+    assert m.null.band_name == "null 90 % band"
     n = len(med)
     np.testing.assert_allclose(band[:n], m.null.evr_hi[:n])
     np.testing.assert_allclose(band[n:], m.null.evr_lo[:n][::-1])

@@ -41,12 +41,16 @@ class DenseStream:
         When set, the only modes (with centering ``none``) whose result is exact: LoRA factors of
         mixed ranks are zero-padded to the largest rank, which leaves the in-mode Gram of A
         (sum A_i^T A_i) and the out-mode Gram of B (sum B_i B_i^T) unchanged, and nothing else.
+    widths : tuple of int or None
+        With that padding, each model's true rank (its columns in the valid mode): the null
+        gives each model its own degrees of freedom.
     """
 
     shape: tuple[int, int]
     n_models: int
     open: Callable[[], Iterator[torch.Tensor]]
     valid_modes: tuple[str, ...] | None = None
+    widths: tuple[int, ...] | None = None
 
     ranks = None  # dense members: no LoRA ranks (FactorStream has them)
 
@@ -191,7 +195,8 @@ def _factor_view(family: Family, group: LayerGroup, view: str) -> DenseStream:
                 t = torch.cat([t, t.new_zeros(t.shape[0], r - t.shape[1])], dim=1)
             yield t
 
-    return DenseStream((r, n) if view == "A" else (m, r), len(family), gen, valid)
+    widths = None if valid is None else tuple(int(family.headers[mm.name][group.tensor].shape[0]) for mm in family.models)
+    return DenseStream((r, n) if view == "A" else (m, r), len(family), gen, valid, widths)
 
 
 def stream_for_view(family: Family, group: LayerGroup, view: str) -> DenseStream | FactorStream:

@@ -213,30 +213,29 @@ class LowRank:
         return self.scale * float(((self.left.T @ z) * self.right).sum())
 
     def left_basis(self, k: int) -> np.ndarray:
-        """Top-``k`` left singular vectors of X, sign-fixed, float64.
+        """Top-``k`` left singular vectors of X, sign-fixed, float64, truncated to X's rank.
 
-        Returns
-        -------
-        ndarray, shape (d, max(1, min(k, rank bound)))
-            rank bound: r for a factored X, min(d, e) for a dense one.
+        Zero singular directions (zero columns padding a lower-rank factor, a zero model) are not
+        the model's subspace: a rank-4 adapter padded to 8 has 4 own directions, a zero model none.
+
+        Returns: ndarray, shape (d, k'), k' = min(k, numerical rank (:func:`_rank_cut`)), possibly 0.
         """
         if self.right is not None:
             # X = s L R = Q (s T R) with L = Q T: only an r x e SVD is needed.
             q, t = torch.linalg.qr(self.left)
-            uu = torch.linalg.svd(self.scale * (t @ self.right), full_matrices=False)[0]
-            kk = max(1, min(k, uu.shape[1]))
-            return _numpy_fixed(q @ uu[:, :kk])
-        x = self.left
-        d, e = x.shape
-        kk = max(1, min(k, d, e))
+            uu, sv, _ = torch.linalg.svd(self.scale * (t @ self.right), full_matrices=False)
+            return _numpy_fixed(q @ uu[:, :_rank_cut(sv, k, self.shape)])
+        x, (d, e) = self.left, self.left.shape
         if min(d, e) <= _EXACT_SVD_SIDE:
-            return _numpy_fixed(torch.linalg.svd(x, full_matrices=False)[0][:, :kk])
+            u, sv, _ = torch.linalg.svd(x, full_matrices=False)
+            return _numpy_fixed(u[:, :_rank_cut(sv, k, self.shape)])
+        kk = max(1, min(k, d, e))
         gen = torch.Generator(device=x.device).manual_seed(0)
         # svd_lowrank draws its test matrix from the global generator: fork it to stay deterministic.
         with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            u = torch.svd_lowrank(x, q=min(max(2 * kk + 16, 64), min(d, e)), niter=16)[0]
-        return _numpy_fixed(u[:, :kk])
+            u, sv, _ = torch.svd_lowrank(x, q=min(max(2 * kk + 16, 64), min(d, e)), niter=16)
+        return _numpy_fixed(u[:, :_rank_cut(sv, kk, self.shape)])
 
     def __repr__(self) -> str:
         d, e = self.shape
@@ -267,6 +266,14 @@ def left_factor_products(u: torch.Tensor, items: Sequence[LowRank]) -> list[torc
         out.append(p[:, c:c + left.shape[1]])
         c += left.shape[1]
     return out
+
+
+def _rank_cut(sv: torch.Tensor, k: int, shape: tuple[int, int]) -> int:
+    """Columns to keep given singular values ``sv`` (descending): at most ``k``, above max(d, e) eps s_max."""
+    if sv.numel() == 0:
+        return 0
+    tol = max(shape) * torch.finfo(sv.dtype).eps * float(sv[0])
+    return int(min(k, int((sv > tol).sum()))) if float(sv[0]) > 0 else 0
 
 
 def _numpy_fixed(u: torch.Tensor) -> np.ndarray:

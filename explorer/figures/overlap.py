@@ -68,6 +68,7 @@ def angle_distribution_figure(
     """
     ang = np.degrees(np.arccos(np.clip(np.asarray(cosines, dtype=float), 0.0, 1.0)))
     fig = go.Figure()
+    ang = ang[np.isfinite(ang)]  # NaN: angles a lower-rank or zero model does not have
     fig.add_trace(go.Histogram(x=ang.ravel(), name="all angles", marker_color=PALETTE[0], opacity=0.8,
                                xbins=dict(start=0, end=90, size=3), histnorm="probability"))
     if random_angles is not None:

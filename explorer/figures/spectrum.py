@@ -38,7 +38,8 @@ def scree_figure(
         axis to it would shrink the bars the user asked for to a sliver, so k(tau) is named in an
         annotation at the right edge (``"k(0.9) = 2087 →"``) instead of a vertical line.
     null : NullBand, optional
-        The strength-matched Gaussian null: its EVR median drawn as a line with its 5-95 % band.
+        The strength-matched Gaussian null: its EVR median drawn as a line with its band, named
+        with the band's real coverage (``NullBand.band_name``) and its construction on hover.
     mp_edge_evr : float, optional
         Marchenko-Pastur upper edge of the null in EVR units: a horizontal line.
 
@@ -46,7 +47,7 @@ def scree_figure(
     -------
     go.Figure
         Traces named ``"EVR per component"`` (bars, x = 1..K, y = EVR_j), ``"cumulative EVR"``
-        (right axis) and, when given, ``"null median"``, ``"null 5–95 %"``.  The x range is
+        (right axis) and, when given, ``"null median"`` and the band (e.g. ``"null 90 % band"``).  The x range is
         ``[0.5, K + 0.5]``, K = min(max_components, d).
     """
     evr, cum = spectrum.evr, spectrum.cumulative
@@ -60,7 +61,8 @@ def scree_figure(
         med, lo, hi = (np.asarray(a)[:n] for a in null.evr)
         fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]),
                                  fill="toself", fillcolor=rgba(NULL_COLOR, 0.25), line=dict(width=0),
-                                 name="null 5–95 %", hoverinfo="skip"))
+                                 name=null.band_name, hoveron="fills",
+                                 hovertemplate=null.caption.replace("; ", "<br>") + "<extra></extra>"))
         fig.add_trace(go.Scatter(x=x, y=med, name="null median", mode="lines",
                                  line=dict(color=NULL_COLOR, dash="dash"),
                                  hovertemplate="component %{x}<br>null EVR %{y:.4f}<extra></extra>"))

@@ -20,9 +20,9 @@ from explorer.core.linalg import sign_fix
 from explorer.engine.gram import StackedGram
 
 
-def _check_basis(u: np.ndarray, name: str) -> np.ndarray:
+def _check_basis(u: np.ndarray, name: str, allow_empty: bool = False) -> np.ndarray:
     u = np.asarray(u, dtype=np.float64)
-    if u.ndim != 2 or u.shape[1] == 0:
+    if u.ndim != 2 or (u.shape[1] == 0 and not allow_empty):
         raise OptionError(f"{name} must be a 2-D basis with at least one column, got shape {u.shape}")
     return u
 
@@ -82,7 +82,9 @@ def overlap_matrix(bases: Sequence[np.ndarray], others: Sequence[np.ndarray] | N
     """Pairwise overlaps between lists of bases, shape (len(bases), len(others)).
 
     ``others`` defaults to ``bases`` (a symmetric matrix with ones on the diagonal).  All bases of
-    one list are stacked side by side so the whole matrix costs one matrix product.
+    one list are stacked side by side so the whole matrix costs one matrix product.  Bases may
+    have different widths (own subspaces truncated to each model's rank); a basis with no column
+    (a zero model) has no subspace, and its overlaps are NaN.
     """
     if not bases:
         return np.zeros((0, 0))
@@ -90,10 +92,12 @@ def overlap_matrix(bases: Sequence[np.ndarray], others: Sequence[np.ndarray] | N
     if not others:
         return np.zeros((len(bases), 0))
     symmetric = others is bases
-    a = np.concatenate([_check_basis(b, "basis") for b in bases], axis=1)
-    b = a if symmetric else np.concatenate([_check_basis(o, "basis") for o in others], axis=1)
+    a = np.concatenate([_check_basis(b, "basis", True) for b in bases], axis=1)
+    b = a if symmetric else np.concatenate([_check_basis(o, "basis", True) for o in others], axis=1)
     if a.shape[0] != b.shape[0]:
         raise OptionError(f"bases live in different spaces: {a.shape[0]} vs {b.shape[0]} rows")
+    if a.shape[1] == 0 or b.shape[1] == 0:
+        return np.full((len(bases), len(others)), np.nan)
     if symmetric:
         # 500 own subspaces of 8 columns in R^4096: a 4000 x 4000 product of 4096-long columns,
         # as costly as a Gram, so it is one (upper block triangle only, torch's matmul rate), in
@@ -106,7 +110,7 @@ def overlap_matrix(bases: Sequence[np.ndarray], others: Sequence[np.ndarray] | N
         prod_t = torch.from_numpy(a.T @ b).square_()
     ka = np.array([x.shape[1] for x in bases])
     kb = np.array([x.shape[1] for x in others])
-    if len(set(ka)) == 1 and len(set(kb)) == 1:  # equal widths (the usual case): block sums by reshape
+    if len(set(ka)) == 1 and len(set(kb)) == 1 and ka[0] > 0 and kb[0] > 0:  # equal widths: block sums by reshape
         block = prod_t.reshape(len(ka), int(ka[0]), len(kb), int(kb[0])).sum(dim=(1, 3)).double().numpy()
         return np.clip(block / np.minimum.outer(ka, kb), 0.0, 1.0)
     prod = prod_t.double().numpy()
@@ -116,7 +120,8 @@ def overlap_matrix(bases: Sequence[np.ndarray], others: Sequence[np.ndarray] | N
     cs = np.zeros((prod.shape[0] + 1, prod.shape[1] + 1))
     cs[1:, 1:] = prod.cumsum(0).cumsum(1)
     block = cs[ia[1:]][:, ib[1:]] - cs[ia[:-1]][:, ib[1:]] - cs[ia[1:]][:, ib[:-1]] + cs[ia[:-1]][:, ib[:-1]]
-    return np.clip(block / np.minimum.outer(ka, kb), 0.0, 1.0)
+    k = np.minimum.outer(ka, kb).astype(np.float64)
+    return np.clip(np.divide(block, k, out=np.full(block.shape, np.nan), where=k > 0), 0.0, 1.0)
 
 
 def top_left_basis(w: np.ndarray, k: int) -> np.ndarray:

@@ -1,11 +1,9 @@
 """Baselines that decide whether a spectrum shows real shared structure (DESIGN.md, "Baselines").
 
-* Strength-matched Gaussian null: every matrix replaced by iid Gaussian of the same shape and
-  Frobenius norm (LoRA: Gaussian factors of the same rank and norms).  No null files are made: the
-  Gram of a d x e standard Gaussian matrix is Wishart W_d(e, I), and a sum of Wisharts with one
-  scale is again Wishart, so each draw samples a few d x d Wisharts by the Bartlett decomposition
-  (O(d^3 / 3) each) instead of generating N matrices.
-* Marchenko-Pastur edge of that null.
+* Strength-matched Gaussian null (what it matches: :mod:`explorer.metrics.null_spec`): each draw
+  samples the null Gram ``sum_t w_t W_d(f_t, I)`` from the Wishart factors of its terms, and its
+  band holds the coverage it states (:func:`band_limits`).
+* Marchenko-Pastur edge of that null (:func:`explorer.metrics.null_spec.mp_edge_evr`).
 * Random-subspace expectation k/d.
 
 Mean-only reconstruction of held-out models lives with the coverage code
@@ -13,120 +11,170 @@ Mean-only reconstruction of held-out models lives with the coverage code
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import scipy.linalg
+import scipy.stats
 import torch
 
 from explorer.core.errors import OptionError
-from explorer.core.linalg import eigvalsh_desc
-from explorer.engine.gram import StackedGram
+from explorer.metrics.null_spec import NullSpec, mp_edge, mp_edge_evr, raw_energies
 from explorer.metrics.results import NullBand
 
-# Budget (flops per draw) under which every model gets its own exactly-scaled Wishart; above it,
-# models of similar norm share one Wishart per quantile bin (energy preserved exactly).
-_EXACT_FLOPS = 2e10
-
-
-@dataclass(frozen=True)
-class NullSpec:
-    """What the null of one layer group must match.
-
-    Parameters
-    ----------
-    d : int
-        Side of the Gram being decomposed (m in out-mode, n in in-mode, N in model mode).
-    dof : ndarray, shape (N,)
-        Degrees of freedom each model adds to the Gram: the other dimension of a dense matrix
-        (n in out-mode), or the rank r of a LoRA factor.
-    scale2 : ndarray, shape (N,)
-        Per-model variance of one Gram column, chosen so the model's expected Gram trace equals its
-        energy: ``energy_i / (d * dof_i)``.
-    dof_removed : int
-        Degrees of freedom that centering removes (e.g. one model's worth for ``center=model``).
-    """
-
-    d: int
-    dof: np.ndarray
-    scale2: np.ndarray
-    dof_removed: int = 0
-
-
-def dense_null_spec(energies: np.ndarray, d: int, e: int, dof_removed: int = 0) -> NullSpec:
-    """Null of N dense d x e matrices with Frobenius norms^2 ``energies`` (shape (N,))."""
-    energies = np.asarray(energies, dtype=np.float64)
-    dof = np.full(len(energies), int(e))
-    return NullSpec(int(d), dof, energies / (d * e), int(dof_removed))
-
-
-def factored_null_spec(energies: np.ndarray, d: int, ranks: np.ndarray, dof_removed: int = 0) -> NullSpec:
-    """Null of N LoRA products with ranks ``ranks`` and ||dW_i||^2 = ``energies`` on side ``d``.
-
-    With Gaussian factors B (d x r) and A (r x e), A A^T is close to a multiple of I_r, so each
-    model adds about r degrees of freedom to the Gram.
-    """
-    energies = np.asarray(energies, dtype=np.float64)
-    ranks = np.asarray(ranks, dtype=np.int64)
-    return NullSpec(int(d), ranks, energies / (d * ranks), int(dof_removed))
+# Flops of all draws of one null (about 20 s on 2 cores): beyond it fewer draws are made, and the
+# band says so (its coverage stays what it states: see band_limits).
+NULL_FLOPS = 1.5e12
+# Fewest draws a costly null is cut to (the user may ask for fewer).
+MIN_DRAWS = 5
+# Null draws are sampled and computed in float32: the band's own Monte Carlo spread (Tracy-Widom,
+# ~1e-2 relative) dwarfs float32's 1e-6 (tests/test_nulls.py compares float64 on the same samples).
+NULL_DTYPE = torch.float32
+# Cumulative EVR of each draw kept for p-values of the top-k energy.
+KEEP_COMPONENTS = 256
+# Nominal coverage of every band: 5 % to 95 %.
+LEVEL = 0.90
 
 
 def _bartlett(d: int, dof: int, rng: np.random.Generator) -> np.ndarray:
     """A sample of W_d(dof, I): the Gram of a d x dof standard Gaussian matrix, shape (d, d)."""
-    f = _wishart_factor(d, dof, rng)
+    f = _wishart_factors(d, dof, 1, rng)[0]
     return f @ f.T
 
 
-def _wishart_factor(d: int, dof: int, rng: np.random.Generator) -> np.ndarray:
-    """F with F F^T ~ W_d(dof, I): the Gaussian matrix itself (d x dof) when dof < d, else the
-    Bartlett factor (d x d lower-triangular, L_jj^2 ~ chi^2(dof - j), below-diagonal N(0, 1))."""
+def affordable_draws(spec: NullSpec, draws: int) -> int:
+    """Draws made of ``draws`` asked: all within :data:`NULL_FLOPS`, else as many as fit, at least
+    :data:`MIN_DRAWS` (or ``draws``, if fewer were asked)."""
+    if draws < 1:
+        raise OptionError(f"null draws must be >= 1, got {draws}")
+    fit = int(NULL_FLOPS // max(1.0, spec.flops_per_draw()))
+    return int(min(draws, max(fit, MIN_DRAWS)))
+
+
+def _wishart_factors(d: int, dof: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` independent F (count x d x min(dof, d)) with F F^T ~ W_d(dof, I): the Gaussian
+    matrix itself when dof < d, else the Bartlett factor (lower-triangular, L_jj^2 ~ chi^2(dof - j),
+    below the diagonal N(0, 1)), which costs d^2/2 numbers instead of d dof."""
     if dof < d:
-        return rng.standard_normal((d, dof))
-    low = np.tril(rng.standard_normal((d, d)), -1)
-    low[np.diag_indices(d)] = np.sqrt(rng.chisquare(dof - np.arange(d)))
+        return rng.standard_normal((count, d, dof))
+    low = np.tril(rng.standard_normal((count, d, d)), -1)
+    idx = np.arange(d)
+    low[:, idx, idx] = np.sqrt(rng.chisquare(dof - idx, size=(count, d)))
     return low
 
 
-def _bins(spec: NullSpec) -> tuple[list[tuple[int, float]], bool]:
-    """Group models into (total dof, variance) Wishart terms within the flop budget.
+def _rescaled(blk: np.ndarray, target: np.ndarray, axes: tuple[int, int] = (1, 2)) -> np.ndarray:
+    """Blocks times the factors that make each ||blk_i||^2 = target_i (blocks indexed by the axis not
+    in ``axes``): each model's norm exactly (the law of Gaussian data given its norms, X / ||X||
+    being independent of ||X||)."""
+    nf = (blk * blk).sum(axis=axes, dtype=np.float64)
+    scale = np.sqrt(np.divide(target, nf, out=np.ones_like(nf), where=nf > 0)).astype(blk.dtype)
+    shape = [1, 1, 1]
+    shape[({0, 1, 2} - set(axes)).pop()] = -1
+    return blk * scale.reshape(shape)
 
-    Returns the terms and whether every model kept its own term (no pooling).
-    """
-    n = len(spec.dof)
-    cost_each = spec.d**2 * np.minimum(spec.dof, spec.d)
-    exact = bool(cost_each.sum() <= _EXACT_FLOPS or n <= 1)
-    if exact:
-        terms = [(int(f), float(s)) for f, s in zip(spec.dof, spec.scale2)]
+
+def _by_dof(spec: NullSpec):
+    """(dof, indices of the null models with it): models of one rank are drawn in one batch."""
+    for f in np.unique(spec.dof):
+        yield int(f), np.flatnonzero(spec.dof == f)
+
+
+def _normal32(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 samples, seeded from ``rng`` (torch's generator: 3x numpy's rate)."""
+    gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    return torch.randn(shape, generator=gen, dtype=torch.float32).numpy()
+
+
+def _gaussian_columns(d: int, dof: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` factors F_i with F_i F_i^T ~ W_d(dof, I), laid out d x count x min(dof, d) so that a
+    reshape (no copy) puts them side by side.  Samples are float32: the band's Monte Carlo spread
+    (~1e-2) dwarfs their rounding, and generating them is most of a small null's cost."""
+    if dof < d:
+        return _normal32(rng, (d, count, dof))
+    # Bartlett: lower-triangular, L_jj^2 ~ chi^2(dof - j), below the diagonal N(0, 1).
+    low = np.zeros((d, count, d), dtype=np.float32)
+    ii, jj = np.tril_indices(d, -1)
+    low[ii, :, jj] = _normal32(rng, (len(ii), count))
+    idx = np.arange(d)
+    low[idx, :, idx] = np.sqrt(rng.chisquare(dof - idx, size=(count, d))).T
+    return low
+
+
+def _raw_factor(spec: NullSpec, rng: np.random.Generator) -> np.ndarray:
+    """Centring ``none``: Y (d x width) with Y Y^T one draw of the null Gram, model by model."""
+    d, blocks = spec.d, []
+    for f, idx in _by_dof(spec):
+        if spec.factored:
+            # (B A)(B A)^T = (B L)(B L)^T with L L^T = A A^T ~ W_f(e, I) (its Bartlett factor).
+            blk = rng.standard_normal((len(idx), d, f)) @ _wishart_factors(f, spec.e, len(idx), rng)
+            blocks.append(_rescaled(blk, spec.targets[idx]).transpose(1, 0, 2).reshape(d, -1))
+        else:
+            blk = _rescaled(_gaussian_columns(d, f, len(idx), rng), spec.targets[idx], (0, 2))
+            blocks.append(blk.reshape(d, -1))
+    if not blocks:
+        return np.zeros((d, 0))
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+
+
+def _centred_dense(spec: NullSpec, rng: np.random.Generator) -> np.ndarray:
+    """Dense models, centred: Y = [alpha_i (X_i - Z)] (d x N e), each block at its centred norm."""
+    d, e = spec.d, spec.e
+    x = _normal32(rng, (d, len(spec.dof), e))
+    x *= np.sqrt(spec.weights).astype(np.float32)[None, :, None]
+    x -= x.mean(axis=1, keepdims=True) if spec.center == "model" else x.mean(axis=(1, 2), keepdims=True)
+    return _rescaled(x, spec.targets, (0, 2)).reshape(d, -1)
+
+
+def _centred_factored_gram(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """LoRA products, centred: sum_i alpha_i^2 (X_i - Z)(X_i - Z)^T with X_i = sigma_i B_i A_i kept
+    factored, = Y Y^T - Z S^T - S Z^T + (sum alpha^2) Z Z^T with S = sum_i alpha_i^2 X_i (d x e)."""
+    d, e, n = spec.d, spec.e, len(spec.dof)
+    groups: list = []
+    for f, idx in _by_dof(spec):
+        b = np.sqrt(spec.weights[idx])[:, None, None] * rng.standard_normal((len(idx), d, f))
+        groups.append((idx, b, rng.standard_normal((len(idx), f, e))))
+    mean = sum(np.einsum("cdf,cfe->de", b, a) for _, b, a in groups) / n          # mean product, d x e
+    z = mean if spec.center == "model" else np.repeat(mean.mean(axis=1, keepdims=True), e, axis=1)
+    zz = float((z * z).sum())
+    blocks, ssum, alpha_total = [], np.zeros((d, e)), 0.0
+    for idx, b, a in groups:
+        aat = a @ a.transpose(0, 2, 1)
+        own = np.einsum("cfg,cfg->c", b.transpose(0, 2, 1) @ b, aat)              # ||B A||^2
+        cross = np.einsum("cfe,cfe->c", b.transpose(0, 2, 1) @ z, a)               # <B A, Z>
+        alpha2 = spec.targets[idx] / np.maximum(own - 2.0 * cross + zz, 1e-300)
+        right = a if e <= a.shape[1] else np.linalg.cholesky(aat)     # (B L)(B L)^T = B A A^T B^T
+        blocks.append(np.sqrt(alpha2)[:, None, None] * (b @ right))
+        ssum += np.einsum("c,cdf,cfe->de", alpha2, b, a)
+        alpha_total += float(alpha2.sum())
+    yt, zt, st = (torch.from_numpy(t).to(dtype) for t in (np.concatenate([b.transpose(1, 0, 2).reshape(d, -1) for b in blocks], axis=1), z, ssum))
+    cross_t = zt @ st.T
+    return yt @ yt.T - cross_t - cross_t.T + alpha_total * (zt @ zt.T)
+
+
+def _draw_eigenvalues(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype) -> np.ndarray:
+    """Descending eigenvalues of one draw of the null Gram (at most d of them)."""
+    if spec.center != "none" and spec.factored:
+        g = _centred_factored_gram(spec, rng, dtype)
     else:
-        n_bins = int(max(1, min(n, _EXACT_FLOPS // max(1, spec.d**3 // 3))))
-        order = np.argsort(spec.scale2)
-        terms = []
-        for chunk in np.array_split(order, n_bins):
-            if len(chunk) == 0:
-                continue
-            dof = int(spec.dof[chunk].sum())
-            # Mean variance weighted by dof keeps the bin's expected energy exact.
-            s2 = float((spec.scale2[chunk] * spec.dof[chunk]).sum() / dof)
-            terms.append((dof, s2))
-    # Centering removes degrees of freedom; take them from the largest term.
-    if spec.dof_removed:
-        j = int(np.argmax([t[0] for t in terms]))
-        terms[j] = (max(1, terms[j][0] - spec.dof_removed), terms[j][1])
-    return terms, exact
+        y = torch.from_numpy(_centred_dense(spec, rng) if spec.center != "none" else _raw_factor(spec, rng)).to(dtype)
+        if y.shape[1] < spec.d:
+            # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.
+            g = y.T @ y
+        else:
+            g = y @ y.T
+    vals = torch.linalg.eigvalsh((g + g.T) / 2).double().numpy()[::-1]
+    return np.clip(vals, 0.0, None)
 
 
-# Largest null Gram side eigendecomposed per draw (8 draws of 4096^3 are tens of seconds on CPU).
-_MAX_NULL_SIDE = 4096
+def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dtype | None = None) -> np.ndarray:
+    """Eigenvalues of the null Gram for ``draws`` seeded draws (no budget applied here).
 
-
-def null_affordable(spec: NullSpec) -> bool:
-    """True when each draw's eigendecomposition is of a side <= 4096 (the thin Y^T Y counts)."""
-    width = sum(min(int(f), spec.d) for f in spec.dof)
-    return min(spec.d, width) <= _MAX_NULL_SIDE
-
-
-def null_eigenvalues(spec: NullSpec, draws: int = 8, seed: int = 0) -> np.ndarray:
-    """Eigenvalues of the null Gram for several seeded draws.
+    Parameters
+    ----------
+    spec : NullSpec
+    draws : int
+    seed : int
+    dtype : torch dtype, optional
+        Of the Gram product and eigenvalues (default :data:`NULL_DTYPE`); the samples are the
+        same numbers either way.
 
     Returns
     -------
@@ -135,124 +183,101 @@ def null_eigenvalues(spec: NullSpec, draws: int = 8, seed: int = 0) -> np.ndarra
     """
     if draws < 1:
         raise OptionError(f"null draws must be >= 1, got {draws}")
-    terms, _ = _bins(spec)
     d = spec.d
-    out = np.empty((draws, d))
+    dtype = NULL_DTYPE if dtype is None else dtype
+    out = np.zeros((draws, d))
     for t in range(draws):
-        rng = np.random.default_rng([seed, t])
-        if len(terms) == 1 and terms[0][0] >= d:
-            # One Wishart term: its eigenvalues in O(d^2) from the tridiagonal model, same law.
-            dof, s2 = terms[0]
-            out[t] = laguerre_eigenvalues(d, dof, rng, trace=s2 * d * dof)
-            continue
-        blocks = []
-        for dof, s2 in terms:
-            f = _wishart_factor(d, dof, rng)
-            # trace(F F^T) = ||F||^2: rescaling to the target trace makes each model's norm exact
-            # (the Gram of X / ||X|| * norm), not just right in expectation.
-            nf = float((f * f).sum())
-            blocks.append(f * np.sqrt(s2 * d * dof / nf) if nf > 0 else f)
-        width = sum(b.shape[1] for b in blocks)
-        if width < d:
-            # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.
-            y = np.concatenate(blocks, axis=1)
-            out[t] = 0.0
-            out[t, :width] = eigvalsh_desc(y.T @ y)
-            continue
-        stack = StackedGram(d, torch.float64, torch.device("cpu"))
-        for b in blocks:  # stacked, so each product is one large, compute-bound GEMM
-            stack.add(torch.from_numpy(b))
-        out[t] = eigvalsh_desc(stack.flush().numpy())
+        vals = _draw_eigenvalues(spec, np.random.default_rng([seed, t]), dtype)[:d]
+        out[t, :len(vals)] = vals
     return out
 
 
-def laguerre_eigenvalues(d: int, dof: int, rng: np.random.Generator, trace: float | None = None) -> np.ndarray:
-    """Eigenvalues of one draw of W_d(dof, I) (dof >= d), descending, in O(d^2) instead of O(d^3).
+def band_limits(a: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str]:
+    """Median and a prediction band of ``level`` coverage, per column of draws ``a`` (n x d).
 
-    Dumitriu & Edelman (2002), "Matrix models for beta ensembles": for beta = 1 the eigenvalues
-    of a real Wishart W_d(dof, I) have the law of those of B B^T, B lower bidiagonal (d x d) with
-    B_ii ~ chi(dof - i + 1) and B_{i+1, i} ~ chi(d - i), i = 1..d.  B B^T is tridiagonal, so the
-    eigenvalues come from a tridiagonal solver; tests/test_nulls.py checks the law against
-    Bartlett samples of the dense Gram.
-
-    Parameters
-    ----------
-    d, dof : int
-    rng : numpy Generator
-    trace : float, optional
-        Rescale the draw to this total (as :func:`null_eigenvalues` does for every term).
+    With n + 1 >= 2 / (1 - level) draws (19 for 90 %) the band is distribution-free: order
+    statistics a and n + 1 - a, a = floor((1 - level)/2 (n + 1)), hold a new exchangeable draw (data
+    under the null) with probability exactly (n + 1 - 2a) / (n + 1) >= level (91/101 at n = 100).
+    With fewer draws it is the Gaussian prediction interval mean +- t_{n-1} sd sqrt(1 + 1/n), whose
+    coverage is ``level`` when the column is Gaussian across draws (top-k energies are close to it:
+    tests/test_nulls.py measures it).
 
     Returns
     -------
-    ndarray, shape (d,)
+    median, lo, hi : ndarray, shape (d,)
+    coverage : float
+        What the band holds (0 for a single draw: no band).
+    method : str
     """
-    if dof < d:
-        raise OptionError(f"the tridiagonal Wishart model needs dof >= d, got dof={dof}, d={d}")
-    diag = np.sqrt(rng.chisquare(dof - np.arange(d)))           # B_ii, i = 0..d-1
-    sub = np.sqrt(rng.chisquare(d - 1 - np.arange(d - 1)))      # B_{i+1,i}
-    # T = B B^T: T_ii = B_ii^2 + B_{i,i-1}^2, T_{i,i+1} = B_ii B_{i+1,i}.
-    main = diag**2
-    main[1:] += sub**2
-    vals = scipy.linalg.eigvalsh_tridiagonal(main, diag[:-1] * sub, lapack_driver="sterf", check_finite=False)
-    vals = np.clip(vals[::-1], 0.0, None)
-    if trace is not None:
-        tot = float(main.sum())
-        vals = vals * (trace / tot) if tot > 0 else vals
-    return vals
+    n = a.shape[0]
+    med = np.median(a, axis=0)
+    j = int(np.floor((1.0 - level) / 2.0 * (n + 1) + 1e-9))  # 0.05 * 20 is 0.999.. in floats
+    if j >= 1:
+        s = np.sort(a, axis=0)
+        cov = (n + 1 - 2 * j) / (n + 1)
+        return med, s[j - 1], s[n - j], float(cov), f"order statistics {j} and {n + 1 - j} of {n} draws"
+    if n >= 2:
+        t = float(scipy.stats.t.ppf(0.5 + level / 2.0, n - 1))
+        half = t * a.std(axis=0, ddof=1) * np.sqrt(1.0 + 1.0 / n)
+        mean = a.mean(axis=0)
+        return med, np.clip(mean - half, 0.0, None), mean + half, float(level), f"t prediction interval from {n} draws"
+    return med, a[0].copy(), a[0].copy(), 0.0, "one draw: no band"
 
 
-def null_band(spec: NullSpec, draws: int = 8, seed: int = 0) -> NullBand:
-    """Median and 5-95 % band of the null's EVR and cumulative EVR curves."""
-    return band_from_eigenvalues(null_eigenvalues(spec, draws, seed), mp_edge_evr(spec), _bins(spec)[1])
+def null_band(spec: NullSpec, draws: int = 100, seed: int = 0) -> NullBand:
+    """The null's median and band of its EVR and cumulative EVR curves, within the draw budget."""
+    made = affordable_draws(spec, draws)
+    return band_from_eigenvalues(null_eigenvalues(spec, made, seed), mp_edge_evr(spec), spec.construction, draws)
 
 
-def band_from_eigenvalues(eig: np.ndarray, mp_edge: float, exact: bool) -> NullBand:
+def band_from_eigenvalues(eig: np.ndarray, mp_edge_value: float, construction: str, asked: int | None = None) -> NullBand:
     """Summarise null eigenvalues (draws x d, descending) into a :class:`NullBand`."""
     tot = eig.sum(axis=1, keepdims=True)
     evr = np.divide(eig, tot, out=np.zeros_like(eig), where=tot > 0)
     cum = np.cumsum(evr, axis=1)
-    q = lambda a, p: np.quantile(a, p, axis=0)  # noqa: E731
-    return NullBand(
-        q(evr, 0.5), q(evr, 0.05), q(evr, 0.95), q(cum, 0.5), q(cum, 0.05), q(cum, 0.95),
-        float(mp_edge), int(eig.shape[0]), bool(exact),
-    )
+    em, el, eh, cov, how = band_limits(evr)
+    cm, cl, ch, _, _ = band_limits(cum)
+    n = int(eig.shape[0])
+    return NullBand(em, el, eh, np.minimum(cm, 1.0), cl, np.minimum(ch, 1.0), float(mp_edge_value), n,
+                    int(asked if asked is not None else n), float(cov), how, construction,
+                    cum[:, :KEEP_COMPONENTS].copy())
 
 
-def model_null_band(energies: np.ndarray, mn: int, center: bool, draws: int = 8, seed: int = 0) -> NullBand:
-    """Null band of the model-mode kernel K_ij = <Z_i, Z_j> for Gaussian Z_i of norms^2 ``energies``.
+def model_null_band(centered: np.ndarray, mn: int, center: bool, draws: int = 100, seed: int = 0) -> NullBand:
+    """Null band of the model-mode kernel K_ij = <Z_i, Z_j> for Gaussian Z_i with mn entries each.
 
-    With Z_i = sigma_i X_i (X_i standard, mn entries), K = D X X^T D for D = diag(sigma) and
-    X X^T ~ W_N(mn, I): one N x N Bartlett sample per draw, never an mn-long vector.
-    ``center`` applies the centering matrix J = I - 11^T/N on both sides.
+    With Z_i = sigma_i X_i (X_i standard), K = D X X^T D for D = diag(sigma) and
+    X X^T ~ W_N(mn, I): one N x N Bartlett sample per draw, never an mn-long vector.  Without
+    centring each model is rescaled to exactly its norm; with it, the strengths come from the
+    centred norms (:func:`explorer.metrics.null_spec.raw_energies`) and J = I - 11^T/N is applied
+    on both sides, as the data's kernel is double-centred.
     """
+    energies = raw_energies(np.asarray(centered, dtype=np.float64), "model" if center else "none",
+                            np.full(len(centered), int(mn)))
+    n = len(energies)
+    made = int(min(draws, max(MIN_DRAWS, NULL_FLOPS // max(1.0, 2.0 * n**3))))
     if draws < 1:
         raise OptionError(f"null draws must be >= 1, got {draws}")
-    energies = np.asarray(energies, dtype=np.float64)
-    n = len(energies)
     sig = np.sqrt(energies / mn)
     j = np.eye(n) - 1.0 / n
-    eig = np.empty((draws, n))
-    for t in range(draws):
+    eig = np.empty((made, n))
+    for t in range(made):
         rng = np.random.default_rng([seed, t])
-        k = sig[:, None] * _bartlett(n, int(mn), rng) * sig[None, :]
+        w = _bartlett(n, int(mn), rng)
+        if not center:
+            dg = np.sqrt(np.clip(np.diag(w), 1e-300, None))
+            w = w / dg[:, None] / dg[None, :] * mn               # unit norms exactly, then D's
+        k = sig[:, None] * w * sig[None, :]
         if center:
             k = j @ k @ j
-        eig[t] = eigvalsh_desc(k)
-    spec = NullSpec(n, np.array([int(mn)]), np.array([1.0]), 1 if center else 0)
-    return band_from_eigenvalues(eig, mp_edge_evr(spec), True)
-
-
-def mp_edge_evr(spec: NullSpec) -> float:
-    """Marchenko-Pastur upper edge of the null Gram, as a fraction of its total energy.
-
-    The null Gram is Y Y^T for Y = [sigma_i X_i], a d x q matrix with q = sum_i dof_i columns of
-    average variance s^2.  Its top eigenvalue sits near s^2 (sqrt(d) + sqrt(q))^2, and its
-    trace is s^2 d q, so the edge in EVR units is (sqrt(d) + sqrt(q))^2 / (d q).  Exact as
-    d, q -> infinity for equal norms; with unequal norms it is the equal-norm approximation.
-    """
-    q = float(max(1, int(spec.dof.sum()) - spec.dof_removed))
-    d = float(spec.d)
-    return float(min(1.0, (np.sqrt(d) + np.sqrt(q)) ** 2 / (d * q)))
+        eig[t] = np.clip(np.linalg.eigvalsh(k)[::-1], 0.0, None)
+    pop = np.linalg.eigvalsh(j @ np.diag(sig**2) @ j) if center else sig**2
+    pop = np.clip(pop, 0.0, None)
+    total = float(mn * pop.sum())
+    edge = mp_edge(pop, np.ones(n, dtype=np.int64), int(mn)) / total if total > 0 else float("nan")
+    how = ("each model its own Gaussian, strength from its centred norm, drawn raw and centred on the mean model"
+           if center else "each model its own Gaussian of exactly its norm")
+    return band_from_eigenvalues(eig, min(1.0, edge), f"Gaussian null: {how} ({n} models, {mn} entries)", draws)
 
 
 def random_subspace_expectation(dim: int, ks: np.ndarray | int) -> np.ndarray:

@@ -53,6 +53,9 @@ def model_mode_metrics(open_stream, n, shape, basis, so, mopts, progress, device
             ho.mean_loo_captured[test], ho.mean_loo_error[test] = _kernel_mean_only(raw, train, test)
     if mopts.null_draws:
         band = baselines.model_null_band(res.norms2, m * ncol, so.center != "none", mopts.null_draws, mopts.seed)
+        if band.draws < band.draws_asked:
+            notes.append(f"Gaussian null: {band.draws} draws of {band.draws_asked} asked ({n} x {n} kernels are "
+                         f"costly); its band is a {band.band_method}")
         set_null(res, band)
     notes.append("model x model, group and two-sided metrics are defined for out/in modes only")
     return res

@@ -35,13 +35,14 @@ from explorer.core.progress import ProgressFn
 from explorer.core.threads import is_small, single_threaded
 from explorer.core.timing import stage
 from explorer.core.topk import refit_basis
-from explorer.metrics import angles, baselines, heldout
+from explorer.metrics import angles, baselines, heldout, null_spec
 from explorer.metrics.model_mode import LOO_FLOPS, model_mode_metrics, set_null
 from explorer.metrics.results import (
     Groups,
     HeldOut,
     Metrics,
     MetricsOptions,
+    NullBand,
     Overlaps,
     kernel_scores,
     two_sided_curve,
@@ -131,6 +132,7 @@ def compute_metrics(
     labels: Sequence[Mapping[str, str]] = (),
     progress: ProgressFn | None = None,
     null_ranks: Sequence[int] | None = None,
+    null_widths: Sequence[int] | None = None,
     *,
     kernel: np.ndarray | torch.Tensor | None = None,
     sums: SideSums | None = None,
@@ -156,6 +158,9 @@ def compute_metrics(
     null_ranks : sequence of int, optional
         LoRA rank of each model when the matrices are products s_i B_i A_i: the null then uses
         Gaussian factors of those ranks instead of dense Gaussian matrices.
+    null_widths : sequence of int, optional
+        True columns of each model when LoRA factors of mixed rank were zero-padded (views A
+        and B): the null gives each model its own rank, not the padded one.
     kernel : ndarray or Tensor, shape (N, N), optional
         Model mode: the raw (uncentered) kernel K_ij = <W_i, W_j>_F the decomposition was
         computed from (:func:`explorer.engine.model_gram.model_kernel`); the models are then not
@@ -173,11 +178,11 @@ def compute_metrics(
             return model_mode_metrics(open_stream, n_models, shape, basis, spectral_options, mopts, progress, device, dtype,
                                kernel)
         return _side_mode(open_stream, n_models, shape, basis, spectral_options, mopts, labels, progress, device,
-                          dtype, null_ranks, sums)
+                          dtype, null_ranks, sums, null_widths)
 
 
 def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device, dtype, null_ranks,
-               sums: SideSums | None = None) -> Metrics:
+               sums: SideSums | None = None, null_widths: Sequence[int] | None = None) -> Metrics:
     mode, center = so.mode, so.center
     m, ncol = shape
     d, e = (m, ncol) if mode == "out" else (ncol, m)
@@ -268,8 +273,9 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
         res.overlaps = Overlaps(
             own=angles.overlap_matrix(own),
             vs_universal=angles.overlap_matrix(own, [ub])[:, 0],
-            cosines=np.stack([np.pad(angles.principal_cosines(b, ub), (0, ka - min(b.shape[1], ka))) for b in own]),
+            cosines=np.stack([_cosines_row(b, ub, ka) for b in own]),
         )
+    notes.extend(_own_subspace_notes(own, ka))
     if folds is not None:
         res.heldout = HeldOut(folds=folds, kfold=out["kfold"], mean_kfold_captured=mean["kc"],
                               mean_kfold_error=mean["ke"])
@@ -292,19 +298,65 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
             res.kernel = (xs @ xs.T).numpy()
             res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
     if mopts.null_draws:
-        if null_ranks is not None:
-            ranks = np.asarray(null_ranks, dtype=np.int64)
-            removed = {"none": 0, "model": int(ranks.max()), "vector": 1}[center]
-            spec = baselines.factored_null_spec(norms2, d, ranks, removed)
-        else:
-            spec = baselines.dense_null_spec(norms2, d, e, {"none": 0, "model": e, "vector": 1}[center])
-        if baselines.null_affordable(spec):
-            with stage("null"):
-                set_null(res, baselines.null_band(spec, mopts.null_draws, mopts.seed))
-        else:
-            res.mp_edge_evr = baselines.mp_edge_evr(spec)
-            notes.append(f"Gaussian null band skipped: {mopts.null_draws} eigendecompositions of {d}x{d} "
-                         "are too costly here; the Marchenko-Pastur edge is still shown")
+        with stage("null"):
+            set_null(res, side_null(norms2, d, e, center, mopts, null_ranks, null_widths, notes))
     return res
 
 
+
+
+def side_null(norms2: np.ndarray, d: int, e: int, center: str, mopts: MetricsOptions,
+              ranks: Sequence[int] | None = None, widths: Sequence[int] | None = None,
+              notes: list[str] | None = None) -> NullBand:
+    """The strength-matched Gaussian null of an out/in-mode analysis, from its models' norms.
+
+    Parameters
+    ----------
+    norms2 : ndarray, shape (N,)
+        ||X_i - Z||^2 after the data's centring.
+    d, e : int
+        Gram side and other side.
+    center : {"none", "model", "vector"}
+    mopts : MetricsOptions
+        ``null_draws`` and ``seed``.
+    ranks : sequence of int, optional
+        LoRA products (view dW): each model's rank.
+    widths : sequence of int, optional
+        Zero-padded factors (views A, B of mixed rank): each model's true rank.
+    notes : list of str, optional
+        Gets a note when the budget cut the draws.
+    """
+    if ranks is not None:
+        spec = null_spec.factored_null_spec(norms2, d, e, np.asarray(ranks, dtype=np.int64), center)
+    else:
+        spec = null_spec.dense_null_spec(norms2, d, e, center, None if widths is None else np.asarray(widths))
+    band = baselines.null_band(spec, mopts.null_draws, mopts.seed)
+    if notes is not None and band.draws < band.draws_asked:
+        notes.append(f"Gaussian null: {band.draws} draws of {band.draws_asked} asked ({d} x {d} Grams are costly); "
+                     f"its band is a {band.band_method} and holds {100 * band.coverage:.0f} % of null spectra")
+    return band
+
+
+def _cosines_row(own: np.ndarray, ub: np.ndarray, ka: int) -> np.ndarray:
+    """Principal cosines of one own subspace against the universal one, padded to ``ka`` with NaN
+    (a model of rank < ka has fewer angles; a zero model has none)."""
+    row = np.full(ka, np.nan)
+    if own.shape[1]:
+        cos = angles.principal_cosines(own, ub)
+        row[:len(cos)] = cos
+    return row
+
+
+def _own_subspace_notes(own: Sequence[np.ndarray], ka: int) -> list[str]:
+    """Say which own subspaces were truncated to their model's rank, and which models have none."""
+    widths = np.array([b.shape[1] for b in own])
+    notes = []
+    zero = np.flatnonzero(widths == 0)
+    if len(zero):
+        notes.append(f"{len(zero)} model(s) are zero after centring (e.g. #{int(zero[0])}): they have no own "
+                     "subspace, and their overlaps are undefined (NaN)")
+    low = np.flatnonzero((widths > 0) & (widths < ka))
+    if len(low):
+        notes.append(f"own subspaces are truncated to each model's rank: {len(low)} model(s) have rank < {ka} "
+                     f"(lowest {int(widths[low].min())}); their overlaps divide by the smaller dimension")
+    return notes

@@ -43,7 +43,9 @@ class MetricsOptions:
         Metadata column whose values define groups for group x group angles; ``auto`` uses
         ``group`` or else ``task`` when present; ``none`` turns them off.
     null_draws : int
-        Draws of the strength-matched Gaussian null (0 turns it off).
+        Draws of the strength-matched Gaussian null asked for (0 turns it off): 100 give a
+        distribution-free 90 % band; where 100 would exceed the compute budget fewer are made
+        (at least 5), and the band states its construction and coverage.
     max_memory_mb : int
         Budget for the per-fold and per-group Gram sums and the in-memory model stack; parts
         that would exceed it are skipped with a note.
@@ -55,7 +57,7 @@ class MetricsOptions:
     k_coord: int = 8
     k_angles: int = 8
     group_by: str = "auto"
-    null_draws: int = 8
+    null_draws: int = 100
     max_memory_mb: int = 2048
 
     def __post_init__(self) -> None:
@@ -73,20 +75,29 @@ class MetricsOptions:
 
 @dataclass
 class NullBand:
-    """The strength-matched Gaussian null's spectrum: median and 5 % / 95 % band.
+    """The strength-matched Gaussian null's spectrum: median and a band of stated coverage.
 
     Attributes
     ----------
     evr_median, evr_lo, evr_hi : ndarray, shape (d,)
-        Median and 5 % / 95 % quantiles of the EVR at each component index.
+        Median and band limits of the EVR at each component index.
     cum_median, cum_lo, cum_hi : ndarray, shape (d,)
         The same for the cumulative EVR.
     mp_edge_evr : float
         Marchenko-Pastur upper edge in EVR units.
     draws : int
-        Null draws the quantiles come from.
-    exact : bool
-        False when models were pooled into norm bins to stay within the flop budget.
+        Null draws the band comes from.
+    draws_asked : int
+        Draws asked for (more than ``draws`` when the budget cut them: the band says so).
+    coverage : float
+        Probability that the band holds a spectrum drawn from the null, at each component
+        (:func:`explorer.metrics.baselines.band_limits`): 0.90 for the 5-95 % band it stands for.
+    band_method : str
+        How the band was formed from the draws (order statistics, or a t prediction interval).
+    construction : str
+        What the null matches, in one sentence (shown next to every band).
+    cum_draws : ndarray, shape (draws, K)
+        Each draw's cumulative EVR at the first K <= 256 components (p-values of top-k energy).
     """
 
     evr_median: np.ndarray
@@ -97,7 +108,23 @@ class NullBand:
     cum_hi: np.ndarray
     mp_edge_evr: float
     draws: int
-    exact: bool
+    draws_asked: int
+    coverage: float
+    band_method: str
+    construction: str
+    cum_draws: np.ndarray
+
+    @property
+    def band_name(self) -> str:
+        """Legend name of the band, with its real coverage: ``"null 90 % band"``."""
+        return f"null {100 * self.coverage:.0f} % band"
+
+    @property
+    def caption(self) -> str:
+        """One line for a figure caption or report: construction, draws and band."""
+        cut = f" (of {self.draws_asked} asked: the rest would exceed the compute budget)" if self.draws_asked > self.draws else ""
+        return (f"{self.construction}; {self.draws} draws{cut}; band: {self.band_method}, "
+                f"holds {100 * self.coverage:.0f} % of null spectra")
 
     @property
     def evr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -260,6 +287,9 @@ class Metrics:
             out["null_cumulative_median"] = self.null.cum_median.tolist()
             out["null_cumulative_p05"] = self.null.cum_lo.tolist()
             out["null_cumulative_p95"] = self.null.cum_hi.tolist()
+            out["null_band_coverage"] = self.null.coverage
+            out["null_draws"] = self.null.draws
+            out["null_construction"] = self.null.caption
             out["mp_edge_evr"] = self.mp_edge_evr
         if self.groups is not None:
             out["groups"] = {"by": self.groups.by, "names": self.groups.names,

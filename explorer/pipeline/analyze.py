@@ -191,7 +191,8 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
         # mode the decomposition's kernel is reused and no model is read again.
         with stage("metrics"):
             result = compute_metrics(stream.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
-                                     labels, progress, null_ranks=stream.ranks, kernel=kernel, sums=sums)
+                                     labels, progress, null_ranks=stream.ranks, kernel=kernel, sums=sums,
+                                     null_widths=getattr(stream, "widths", None))
     return Analysis(
         family=family.name,
         source=family.source,
