@@ -1,5 +1,6 @@
 """Subspace Explorer — home and tour.  Run with ``streamlit run app.py``."""
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 import ui
@@ -56,7 +57,7 @@ def show(name: str, key: str, fig) -> None:
     st.plotly_chart(fig, key=key)
 
 steps = st.tabs(["1 · A model family", "2 · The scree curve", "3 · Against null families",
-                 "4 · Held-out models", "5 · Accuracy after projection"])
+                 "4 · Held-out models", "5 · Accuracy after projection", "6 · The verdict"])
 with steps[0]:
     st.markdown(
         f"A **family** is N models of one architecture: here {len(main.models)} fine-tunes of one pretrained MLP "
@@ -99,7 +100,8 @@ with steps[3]:
 with steps[4]:
     st.markdown(
         "The paper's central test: replace a layer by its projection onto k shared directions and measure "
-        "accuracy. If a few components keep each task's accuracy, the shared subspace is functionally real."
+        "accuracy. If a few components keep each task's accuracy, the shared subspace is functionally real — and "
+        "if they keep it with a basis fitted without the model (dashed), it is more than fitted."
     )
     from explorer.figures import accuracy_figure
     from explorer.present.projection import accuracy_against_k
@@ -107,6 +109,26 @@ with steps[4]:
     ks = (1, 2, 4, 8, 16, 32, 64)
     acc = accuracy_against_k(main, ks)
     show("accuracy", "tour_accuracy", accuracy_figure(np.array(ks), acc.by_group, original=acc.original_by_group, chance=acc.chance,
+                                       heldout=acc.heldout_by_group,
                                        title=f"Fine-tunes: accuracy with {TOUR_LAYER} projected onto k components"))
-ui.export_bar("tour", figs, {"fine-tunes": table}, main)
-st.caption("Next: open **Spectrum**, **Overlap**, **Embedding** or **Generalization** in the sidebar for any family.")
+with steps[5]:
+    st.markdown(
+        "Each curve beside its baselines gives a **verdict**: does the layer beat the strength-matched Gaussian null "
+        "(a p-value and an effect size: top-16 energy over the null's), does the subspace hold models left out of "
+        "its fit, and is it more than the family's mean? The Atlas page gives one per layer group of any family."
+    )
+    rows = []
+    for label, src in CONTRASTS:
+        try:
+            v = ui.compute(tour_sel(src)).verdict()
+        except ExplorerError as exc:
+            st.error(str(exc))
+            continue
+        rows.append({"family": label, "verdict": v.label, "effect": round(v.effect, 3), "p": f"{v.p_value:.2g}",
+                     "held-out / fitted": round(v.heldout_ratio, 3), "summary": v.summary})
+    verdicts = pd.DataFrame(rows)
+    st.dataframe(verdicts.drop(columns=["summary"]), hide_index=True, key="tour_verdicts")
+    for r in rows:
+        st.markdown(f"- **{r['family']}** — {r['summary']}.")
+ui.export_bar("tour", figs, {"fine-tunes": table, "verdicts": verdicts}, main)
+st.caption("Next: open **Spectrum**, **Overlap**, **Embedding**, **Generalization** or **Atlas** in the sidebar for any family.")

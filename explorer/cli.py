@@ -1,4 +1,4 @@
-"""The command-line contract of DESIGN.md: ``zoo``, ``inspect``, ``analyze``.
+"""The command-line contract of DESIGN.md: ``zoo``, ``inspect``, ``analyze``, ``report``, ``atlas``.
 
 Exit codes: 0 all well; 2 bad input or options (one line on stderr naming what is wrong);
 1 an internal error.  Members of a family that cannot be used are skipped and named: ``inspect``
@@ -15,9 +15,12 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 import tomllib
 import traceback
 from pathlib import Path
+
+import numpy as np
 
 from explorer.catalog.groups import build_catalog, describe_family, select_groups
 from explorer.catalog.views import VIEWS
@@ -31,8 +34,10 @@ from explorer.metrics.results import MetricsOptions
 from explorer.outputs.export import basis_safetensors
 from explorer.outputs.report import models_table, spectrum_table, write_report
 from explorer.pipeline.analyze import analyze, analyze_cached
+from explorer.pipeline.atlas import run_atlas
 from explorer.pipeline.cache import ResultCache
 from explorer.pipeline.result import Analysis
+from explorer.present.atlas import atlas_table
 from explorer.present.curves import coverage_curves
 from explorer.sources.family import Skipped
 from explorer.sources.resolve import load_family
@@ -83,6 +88,20 @@ def _parser(prog: str = "python -m explorer") -> argparse.ArgumentParser:
     _decomposition_args(r)
     _family_args(r)
     _cache_args(r)
+
+    at = sub.add_parser("atlas", parents=[common], help="every layer group of a family, each with its verdict")
+    at.add_argument("source", metavar="SOURCE")
+    at.add_argument("--modules", metavar="REGEX", help="regex searched in layer-group names (default: every group)")
+    at.add_argument("--views", default="A,B", help="views of LoRA groups, comma-separated (default A,B; dense: full)")
+    at.add_argument("--k", type=int, default=None, help="rank of each verdict's top-k statistic (default min(16, d/4))")
+    at.add_argument("--center", nargs="?", const="model", default="none", choices=CENTERS)
+    at.add_argument("--device", default="auto", choices=DEVICES)
+    at.add_argument("--dtype", default="float64", choices=list(DTYPES))
+    at.add_argument("--seed", type=int, default=0, help="seed of the null draws and folds")
+    at.add_argument("--json", dest="json_file", metavar="FILE", help="write the atlas (subspace-explorer/atlas/1)")
+    at.add_argument("--out", metavar="DIR", help="write atlas.json and atlas.csv")
+    _family_args(at)
+    _cache_args(at)
 
     ap = sub.add_parser("app", parents=[common], help="start the Streamlit app (on 127.0.0.1)")
     ap.add_argument("--port", type=int, default=None, help="server port (default: 8501, from the app's config)")
@@ -244,6 +263,42 @@ def _cmd_report(args, progress) -> int:
     return 0
 
 
+def _cmd_atlas(args, progress) -> int:
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    bad = [v for v in views if v not in VIEWS]
+    if bad or not views:
+        raise OptionError(f"--views {args.views!r}: each must be one of {', '.join(VIEWS)}")
+    fam = _load(args, progress)
+    opts = SpectralOptions(center=args.center, dtype=args.dtype, device=args.device, seed=args.seed)
+    cache = None if args.no_cache else ResultCache(args.cache_dir) if args.cache_dir else None
+    if args.no_cache:
+        cache = ResultCache(tempfile.mkdtemp(prefix="explorer-atlas-"))  # resumable within this run only
+    atlas = run_atlas(fam, args.modules, views, args.k, opts, MetricsOptions(seed=args.seed), progress, cache,
+                      strict=args.strict)
+    n_skipped = _report_skipped([e.analysis for e in atlas.entries], progress)
+    doc = json.dumps(atlas.to_json(), indent=2, allow_nan=False).encode()
+    if args.json_file:
+        atomic_write_bytes(Path(args.json_file), doc)
+    table = atlas_table(atlas)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "atlas.json", doc)
+        atomic_write_bytes(out / "atlas.csv", table.to_csv(index=False).encode())
+    print(f"{atlas.family}: {atlas.n_models} models, {len(atlas.entries)} (layer group, view) entries"
+          + (f"; skipped={n_skipped} (see stderr)" if n_skipped else ""))
+    print(f"{'layer group':<40} {'view':>4} {'k90':>5} {'k':>3} {'top-k':>7} {'null':>7} {'effect':>7} "
+          f"{'p(Holm)':>8} {'held/fit':>8}  verdict")
+    for _, r in table.iterrows():
+        fmt = lambda x, f: "-" if x is None or not np.isfinite(x) else format(x, f)  # noqa: E731
+        print(f"{r['layer']:<40} {r['view']:>4} {r['k(0.9)']:>5} {r['k']:>3} {fmt(r['top-k EVR'], '7.4f')} "
+              f"{fmt(r['null top-k EVR'], '7.4f')} {fmt(r['effect'], '7.3g')} {fmt(r['p (Holm)'], '8.2g')} "
+              f"{fmt(r['held-out / fitted'], '8.2f')}  {r['verdict']}")
+    for note in atlas.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def app_script() -> Path:
     """The app's main script: ``app.py`` of the checkout, else the one installed as ``explorer_app``
     (with ``pages/``, ``ui/`` and ``.streamlit/config.toml`` beside it)."""
@@ -305,7 +360,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m explorer") -> int
     progress = CliProgress(quiet=args.quiet)
     try:
         handler = {"zoo": _cmd_zoo, "inspect": _cmd_inspect, "analyze": _cmd_analyze,
-                   "report": _cmd_report, "app": _cmd_app}[args.command]
+                   "report": _cmd_report, "atlas": _cmd_atlas, "app": _cmd_app}[args.command]
         return handler(args, progress)
     except ExplorerError as exc:
         progress.close()

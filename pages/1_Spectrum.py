@@ -39,6 +39,11 @@ st.caption(
 )
 if null is not None:
     st.caption(null.caption + ".")
+if m is not None:
+    verdict = res.verdict()
+    # Green only for structure that beat every baseline it was compared with.
+    show_verdict = st.success if verdict.label == "shared" else st.info if verdict.label == "undetermined" else st.warning
+    show_verdict(f"**Verdict (top {verdict.k} directions)** — {verdict.summary}.")
 
 st.subheader("Layers of this module type (sidebar layer range)")
 same_type = ui.layers_in_range(sel)

@@ -38,10 +38,12 @@ if supports(res):
     if ks:
         with st.spinner("Evaluating projected models…"):
             acc = accuracy_against_k(res, tuple(sorted(ks)))
-        afig = accuracy_figure(np.array(sorted(ks)), acc.by_group, original=acc.original_by_group, chance=acc.chance)
+        afig = accuracy_figure(np.array(sorted(ks)), acc.by_group, original=acc.original_by_group, chance=acc.chance,
+                               heldout=acc.heldout_by_group)
         st.plotly_chart(afig, key="gen_accuracy")
         st.caption("Each model's layer is replaced by its projection onto the top-k shared directions; the other "
-                   "layers are untouched. Dotted lines: the unprojected accuracy of each group.")
+                   "layers are untouched. Solid: the basis every model helped fit (in-sample); dashed: a basis fitted "
+                   "without the model's fold (held out). Dotted lines: the unprojected accuracy of each group.")
         figs["accuracy"] = afig
         tables["accuracy"] = acc.table()
 else:

@@ -240,3 +240,34 @@ def test_switching_the_view_sets_its_mode_and_the_url_mode_wins(monkeypatch, tmp
     # A share link's mode wins on the first load; without one, the view's default applies.
     assert state(start_app("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A", mode="out")) == ("A", "out")
     assert state(start_app("pages/1_Spectrum.py", source=src, layer="blk.0.fc", view="A")) == ("A", "in")
+
+
+def test_atlas_page_heatmaps_hold_the_verdicts_and_open_a_group():
+    at = start_app("pages/5_Atlas.py", source="zoo:digits-lora", layer="layers.0")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    from explorer.pipeline.atlas import run_atlas
+    atlas = run_atlas(explorer.load_family("zoo:digits-lora"), views=("A", "B"),
+                      options=explorer.SpectralOptions(), metrics=explorer.MetricsOptions())
+    charts = at.get("plotly_chart")
+    assert len(charts) == 4  # views A and B, each effect and held-out ratio
+    effect_a = figure_json(charts[0])["data"][0]
+    by_group = {e.group.name: e.verdict for e in atlas.entries if e.view == "A"}
+    for row, layer in enumerate(effect_a["y"]):
+        group = effect_a["customdata"][row][0]
+        assert effect_a["z"][row][0] == pytest.approx(by_group[group].effect, rel=1e-9)
+        assert group.startswith("layers." + layer)
+    assert {e.verdict.label for e in atlas.entries} == {"shared"}
+    at.selectbox(key="atlas_open").set_value("layers.2 · B").run()
+    at.button(key="atlas_open_go").click().run()
+    assert not at.exception
+    assert at.session_state["sel_layer"] == "layers.2" and at.session_state["sel_view"] == "B"
+
+
+def test_tour_verdict_step_judges_the_zoo():
+    # Fine-tunes share a subspace that is mostly their mean; untrained networks are null-like.
+    at = start_app("app.py")
+    assert not at.exception
+    verdicts = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    by_family = dict(zip(verdicts["family"], verdicts["verdict"]))
+    assert by_family["fine-tunes of one base"] == "shared, mostly the mean"
+    assert by_family["untrained (random init)"] == "null-like"

@@ -105,6 +105,9 @@ def test_report_writes_self_contained_html(tmp_path):
     assert html.count('class="plotly-graph-div"') >= 8
     for layer in ("layers.0", "layers.1"):
         assert (tmp_path / "rep" / f"{layer}.full.out.basis.safetensors").exists()
+    # The report's atlas: one verdict per group, Holm-adjusted, and each band's construction.
+    assert '<section id="verdicts">' in html and html.count("<td>shared</td>") == 2
+    assert "Gaussian null: each model its own Gaussian" in html
 
 
 @pytest.mark.parametrize("args, needle", [

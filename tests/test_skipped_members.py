@@ -90,13 +90,14 @@ def test_corpus_members_cover_the_hostile_cases(members):
 
 def test_analyze_and_report_name_every_skipped_member(members, tmp_path):
     fam_dir, cases = members
-    out_json, rep = tmp_path / "res.json", tmp_path / "rep"
+    out_json, rep, atlas_json = tmp_path / "res.json", tmp_path / "rep", tmp_path / "atlas.json"
     cache = tmp_path / "cache"
-    analyzed, reported = _run_all([
+    analyzed, reported, atlased = _run_all([
         ["analyze", str(fam_dir), "--layer", LAYER, "--json", str(out_json), "--cache-dir", str(cache / "results")],
         ["report", str(fam_dir), "--out", str(rep), "--cache-dir", str(cache / "results")],
+        ["atlas", str(fam_dir), "--json", str(atlas_json), "--cache-dir", str(cache / "results")],
     ], cache)
-    for proc in (analyzed, reported):
+    for proc in (analyzed, reported, atlased):
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -108,6 +109,10 @@ def test_analyze_and_report_name_every_skipped_member(members, tmp_path):
             assert m.expect in mine[0] and Path(m.path).name in mine[0], (cid, mine[0])
     assert f"skipped={len(cases)}" in analyzed.stdout
     assert f"{len(cases)} members skipped" in reported.stdout
+    assert f"skipped={len(cases)}" in atlased.stdout
+    atlas = json.loads(atlas_json.read_text())
+    assert atlas["schema"] == "subspace-explorer/atlas/1"
+    assert {s["name"] for s in atlas["skipped"]} == set(cases)
 
     res = json.loads(out_json.read_text())
     assert res["schema"] == "subspace-explorer/analysis/1"

@@ -18,7 +18,7 @@ from ui.compute import analysis, compute
 from ui.export import export_bar
 from ui.families import comparable_families, ensure_zoo, load_catalog, load_family
 from ui.guide import family_guide, no_family
-from ui.navigation import PAGES, page_analysis, page_setup
+from ui.navigation import PAGES, open_group, page_analysis, page_setup
 from ui.notices import skipped_warning
 from ui.sidebar import layers_in_range
 from ui.state import DEFAULTS, Selection, defaulted_widget
@@ -38,6 +38,7 @@ __all__ = [
     "load_catalog",
     "load_family",
     "no_family",
+    "open_group",
     "page_analysis",
     "page_setup",
     "skipped_warning",

@@ -22,6 +22,7 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("pages/2_Overlap.py", "Overlap", ":material/join_inner:"),
     ("pages/3_Embedding.py", "Embedding", ":material/scatter_plot:"),
     ("pages/4_Generalization.py", "Generalization", ":material/target:"),
+    ("pages/5_Atlas.py", "Atlas", ":material/map:"),
 )
 
 
@@ -65,3 +66,15 @@ def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explo
         st.stop()
     skipped_warning(res.skipped)
     return sel, res
+
+
+def open_group(layer: str, view: str, page: str = "pages/1_Spectrum.py") -> None:
+    """Switch to ``page`` showing ``layer`` in ``view`` (the Atlas's click-through).
+
+    The sidebar takes its module type from the layer and resets the layer range, so the layer
+    cannot be hidden by a range picked for another module; the mode follows the view.
+    """
+    st.session_state.update(sel_layer=layer, sel_view=view)
+    for key in ("sel_module_type", "sel_layer_range"):
+        st.session_state.pop(key, None)
+    st.switch_page(page)

@@ -62,6 +62,7 @@ def accuracy_figure(
     *,
     original: Mapping[str, float] | None = None,
     chance: float | None = None,
+    heldout: Mapping[str, np.ndarray] | None = None,
     title: str = "Accuracy of models projected onto k shared components",
 ) -> go.Figure:
     """Test accuracy against k, one line per task group, with the unprojected accuracy as reference.
@@ -74,17 +75,26 @@ def accuracy_figure(
     original : mapping group -> float, optional
         The group's accuracy without projection (dotted line of the same colour).
     chance : float, optional
+    heldout : mapping group -> ndarray (K,), optional
+        The same with each model projected onto a basis fitted without its fold: a dashed line
+        of the group's colour, named ``"<group> (held-out basis)"``.
 
     Returns
     -------
     go.Figure
-        One line trace per group, named by it.
+        One line trace per group, named by it, and one per held-out group when given.
     """
     fig = go.Figure()
     for i, (g, acc) in enumerate(accuracy.items()):
         fig.add_trace(go.Scatter(x=np.asarray(ks), y=np.asarray(acc, dtype=float), name=str(g),
                                  mode="lines+markers", line=dict(color=color(i), width=2),
                                  hovertemplate=f"{g}<br>k = %{{x}}<br>accuracy %{{y:.3f}}<extra></extra>"))
+        if heldout and g in heldout:
+            fig.add_trace(go.Scatter(x=np.asarray(ks), y=np.asarray(heldout[g], dtype=float), name=f"{g} (held-out basis)",
+                                     mode="lines+markers", line=dict(color=color(i), width=2, dash="dash"),
+                                     marker=dict(symbol="circle-open"),
+                                     hovertemplate=f"{g}, basis fitted without its fold<br>k = %{{x}}<br>"
+                                                   "accuracy %{y:.3f}<extra></extra>"))
         if original and g in original:
             fig.add_hline(y=original[g], line=dict(color=color(i), dash="dot", width=1))
     if chance is not None:

@@ -212,6 +212,11 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     vk = v[:, :min(kk, v.shape[1])]
     ka = max(1, min(mopts.k_angles, kk, d))
 
+    if folds is not None and center != "none" and n - int(np.bincount(folds).max()) < 2:
+        # Centred on one training model, a fold's Gram is 0: its "basis" would be arbitrary.
+        notes.append(f"held-out coverage skipped: with centring {center!r} each fold's fit needs at least 2 "
+                     f"training models, and {n} models leave {n - int(np.bincount(folds).max())}")
+        folds = None
     fold_fit = {}
     if folds is not None:
         with stage("k-fold bases"):
@@ -265,6 +270,9 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
                 with stage("own subspaces"):
                     own.append(x.left_basis(ka))
 
+    if not norms2.any():
+        notes.append(f"the family's energy is 0 after centring {center!r} (e.g. a single model, centred): "
+                     "EVR, k(τ), captured energies and the null are undefined here")
     ub = basis[:, :ka]
     res = Metrics(norms2=norms2, energy_one=out["one"], notes=notes)
     if two_sided:
@@ -297,7 +305,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
                 xs = xs - z.reshape(-1).cpu().double()
             res.kernel = (xs @ xs.T).numpy()
             res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
-    if mopts.null_draws:
+    if mopts.null_draws and norms2.any():
         with stage("null"):
             set_null(res, side_null(norms2, d, e, center, mopts, null_ranks, null_widths, notes))
     return res

@@ -17,6 +17,7 @@ from explorer.core.version import __version__ as _pkg_version
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.metrics.baselines import random_subspace_expectation
 from explorer.metrics.results import ENERGY_KINDS, Metrics, MetricsOptions, energy_at
+from explorer.metrics.verdict import Verdict, judge
 from explorer.sources.family import Skipped
 
 # 9: fold bases refitted by randomized subspace iteration above 2048 rows; a pooled null term
@@ -104,9 +105,15 @@ class Analysis:
                 if a is not None:
                     row[key] = float(a[i, min(k, a.shape[1]) - 1])
             if m.overlaps is not None:
-                row["overlap_with_universal"] = float(m.overlaps.vs_universal[i])
+                ov = float(m.overlaps.vs_universal[i])
+                row["overlap_with_universal"] = ov if np.isfinite(ov) else None  # a zero model has none
             rows.append(row)
         return rows
+
+    def verdict(self, k: int | None = None, p_adjusted: float | None = None) -> Verdict:
+        """Shared beyond the null or not, held out or only fitted, more than the mean or not
+        (:func:`explorer.metrics.verdict.judge`; k defaults to min(16, d/4))."""
+        return judge(self.spectrum, self.metrics, k, p_adjusted)
 
     def random_subspace(self) -> np.ndarray:
         """k/d for k = 1..d: what a random k-dim subspace captures (and overlaps) in expectation."""
@@ -144,4 +151,5 @@ class Analysis:
             out["metrics_options"] = asdict(self.metrics_options) if self.metrics_options else None
             out["metrics"] = self.metrics.summary()
             out["per_model"] = self._per_model()
+            out["verdict"] = self.verdict().to_json()
         return out

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from explorer.core.errors import OptionError
-from explorer.core.linalg import check_center
+from explorer.core.linalg import centered_gram, check_center, eigh_top
 from explorer.zoo.evaluate import Evaluator
 from explorer.zoo.evaluators import evaluator_for
 
@@ -91,6 +91,7 @@ def projected_accuracy(
     v: np.ndarray | None = None,
     center: str = "none",
     models: Sequence[str] | None = None,
+    fit_models: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Accuracy of every model with layer ``group`` projected onto the top-k shared directions.
 
@@ -109,9 +110,12 @@ def projected_accuracy(
     v : ndarray (n, k_max), optional
         Shared input basis (in-mode eigenvectors, descending).  Give u, v or both (two-sided).
     center : {"none", "model", "vector"}
-        The centring the basis was fitted with; the mean is recomputed over ``models``.
+        The centring the basis was fitted with.
     models : list of str, optional
-        Default: every model.
+        The models evaluated (default: every model).
+    fit_models : list of str, optional
+        The models the basis was fitted on, whose mean it was centred around (default: every
+        model): evaluating a subset keeps the fitted mean, it does not re-centre on the subset.
 
     Returns
     -------
@@ -130,7 +134,17 @@ def projected_accuracy(
     if any(k < 0 or k > k_max for k in ks):
         raise OptionError(f"ks must lie in 0..{k_max} (the number of basis columns given)")
     key, original = view_matrices(evaluator, group, view, names)
-    mean = _center_mean(list(original.values()), center, ut is not None and vt is not None, ut is not None)
+    fitted = list(fit_models) if fit_models is not None else evaluator.models
+    fit_mats = [original[n] for n in fitted] if set(fitted) <= set(original) else \
+        list(view_matrices(evaluator, group, view, fitted)[1].values())
+    mean = _center_mean(fit_mats, center, ut is not None and vt is not None, ut is not None)
+    return _evaluate(evaluator, group, view, key, original, names, ks, ut, vt, mean)
+
+
+def _evaluate(evaluator: Evaluator, group: str, view: str, key: str, original: dict[str, torch.Tensor],
+              names: Sequence[str], ks: Sequence[int], ut: torch.Tensor | None, vt: torch.Tensor | None,
+              mean: torch.Tensor | None) -> pd.DataFrame:
+    """Accuracy of ``names`` with their layer replaced by its projection, for each k."""
     rows = []
     for k in ks:
         uk = None if ut is None else ut[:, :k]
@@ -179,4 +193,46 @@ def accuracy_vs_k(analysis, ks: Sequence[int] | None = None, models: Sequence[st
     if ks is None:
         ks = sorted({0, k_max, *(2**j for j in range(int(np.log2(max(k_max, 1))) + 1) if 2**j <= k_max)})
     u, v = (basis, None) if spec.mode == "out" else (None, basis)
-    return projected_accuracy(ev, analysis.group.name, analysis.view, ks, u=u, v=v, center=spec.center, models=models)
+    return projected_accuracy(ev, analysis.group.name, analysis.view, ks, u=u, v=v, center=spec.center, models=models,
+                              fit_models=analysis.models)
+
+
+def heldout_accuracy_vs_k(analysis, ks: Sequence[int], folds: np.ndarray) -> pd.DataFrame | None:
+    """Accuracy of each model projected onto a basis fitted *without its fold* (out or in mode).
+
+    The in-sample curve (:func:`accuracy_vs_k`) projects every model onto a basis it helped fit;
+    here fold f's models are projected onto the top-k eigenvectors of the Gram of the other
+    folds, centred around the other folds' mean, so the curve says whether the subspace carries
+    the function of models it never saw.
+
+    Parameters
+    ----------
+    analysis : explorer.pipeline.analyze.Analysis
+    ks : list of int
+        Each in 0..min(d, rank of a fold's Gram).
+    folds : ndarray of int, shape (N,)
+        Fold of each model of ``analysis.models`` (the k-fold coverage's own assignment).
+
+    Returns
+    -------
+    DataFrame (columns as :func:`projected_accuracy`), or ``None`` without an evaluator.
+    """
+    ev = evaluator_for(analysis.source)
+    if ev is None:
+        return None
+    mode, center = analysis.spectrum.mode, analysis.spectrum.center
+    if mode not in ("out", "in"):
+        raise OptionError(f"held-out accuracy needs an out- or in-mode basis; this analysis is {mode}-mode")
+    names = list(analysis.models)
+    key, original = view_matrices(ev, analysis.group.name, analysis.view, names)
+    frames = []
+    for f in sorted({int(x) for x in folds}):
+        train = [n for n, g in zip(names, folds) if int(g) != f]
+        test = [n for n, g in zip(names, folds) if int(g) == f]
+        sides = [(original[n] if mode == "out" else original[n].T).double() for n in train]
+        gram = sum(x @ x.T for x in sides)
+        basis = eigh_top(centered_gram(gram, sum(sides), len(sides), center), max(ks))[1].float()
+        mean = _center_mean([original[n] for n in train], center, False, mode == "out")
+        u, v = (basis, None) if mode == "out" else (None, basis)
+        frames.append(_evaluate(ev, analysis.group.name, analysis.view, key, original, test, ks, u, v, mean))
+    return pd.concat(frames, ignore_index=True)
