@@ -100,6 +100,8 @@ def _parser(prog: str = "python -m explorer") -> argparse.ArgumentParser:
     at.add_argument("--seed", type=int, default=0, help="seed of the null draws and folds")
     at.add_argument("--json", dest="json_file", metavar="FILE", help="write the atlas (subspace-explorer/atlas/1)")
     at.add_argument("--out", metavar="DIR", help="write atlas.json and atlas.csv")
+    at.add_argument("--no-init-check", action="store_true",
+                    help="LoRA: skip clustering the adapters by A initialisation (and the verdicts within clusters)")
     _family_args(at)
     _cache_args(at)
 
@@ -274,7 +276,7 @@ def _cmd_atlas(args, progress) -> int:
     if args.no_cache:
         cache = ResultCache(tempfile.mkdtemp(prefix="explorer-atlas-"))  # resumable within this run only
     atlas = run_atlas(fam, args.modules, views, args.k, opts, MetricsOptions(seed=args.seed), progress, cache,
-                      strict=args.strict)
+                      strict=args.strict, init_check=not args.no_init_check)
     n_skipped = _report_skipped([e.analysis for e in atlas.entries], progress)
     doc = json.dumps(atlas.to_json(), indent=2, allow_nan=False).encode()
     if args.json_file:
@@ -294,6 +296,12 @@ def _cmd_atlas(args, progress) -> int:
         print(f"{r['layer']:<40} {r['view']:>4} {r['k(0.9)']:>5} {r['k']:>3} {fmt(r['top-k EVR'], '7.4f')} "
               f"{fmt(r['null top-k EVR'], '7.4f')} {fmt(r['effect'], '7.3g')} {fmt(r['p (Holm)'], '8.2g')} "
               f"{fmt(r['held-out / fitted'], '8.2f')}  {r['verdict']}")
+    for group, summary in dict.fromkeys((e.group.name, e.init.clusters.describe()) for e in atlas.entries if e.init):
+        print(f"{group}: {summary}")
+    for e in atlas.entries:
+        for c in (e.init.within if e.init else []):
+            print(f"  {e.group.name} {e.view} within {c.name} ({len(c.members)}): "
+                  + (c.verdict.summary if c.verdict else "too few adapters for a verdict"))
     for note in atlas.notes:
         print(f"note: {note}")
     return 0

@@ -10,6 +10,7 @@ from explorer.figures import (
     layer_heatmap_figure,
     scree_figure,
 )
+from explorer.pipeline.shared_init import shared_init_check
 from explorer.present.curves import cumulative_matrix
 from explorer.present.tables import layer_summary
 
@@ -26,10 +27,21 @@ with right:
                           help="Each model replaced by iid Gaussian entries of its own shape and strength, centred as the data is; "
                                "median and a band of stated coverage (100 draws where affordable).")
     st.metric(f"k at τ = {sel.tau:g}", sp.k_at(sel.tau))
+    stab = m.stability if m is not None else None
+    show_ci = stab is not None and st.toggle("Confidence band (half-sampling)", value=True, key="spectrum_ci",
+                                             help="Error bars: a 90 % band of each component's EVR from random halves of "
+                                                  "the family (no model counted twice), bias-corrected: a family's top "
+                                                  "components look stronger than its population's, so the band may sit "
+                                                  "below the bar.")
+    if stab is not None:
+        j = next((i for i, t in enumerate(stab.taus) if abs(t - sel.tau) < 1e-9), None)
+        if j is not None:
+            st.caption(f"90 % band of k({sel.tau:g}) over random halves: {int(stab.k_ci[j, 0])}–{int(stab.k_ci[j, 1])}")
 null = m.null if show_null and m is not None else None
 with left:
     fig = scree_figure(sp, sel.tau, log_y=log_y, max_components=int(n_max), null=null,
                        mp_edge_evr=m.mp_edge_evr if (show_null and m is not None) else None,
+                       ci=(stab.evr_lo, stab.evr_hi) if show_ci else None,
                        title=f"{res.family} · {res.group.name} · {res.view} · {sel.mode}-mode · centering {sel.center}")
     st.plotly_chart(fig, key="spectrum_scree")
 st.caption(
@@ -41,9 +53,31 @@ if null is not None:
     st.caption(null.caption + ".")
 if m is not None:
     verdict = res.verdict()
-    # Green only for structure that beat every baseline it was compared with.
-    show_verdict = st.success if verdict.label == "shared" else st.info if verdict.label == "undetermined" else st.warning
+    # Green only for structure that beat every baseline it was compared with (warnings are kept for input
+    # the page could not use as asked).
+    show_verdict = st.success if verdict.label == "shared" else st.info
     show_verdict(f"**Verdict (top {verdict.k} directions)** — {verdict.summary}.")
+if res.group.kind == "lora":
+    with st.expander("Shared A initialisation: the verdict within each cluster of adapters"):
+        try:
+            check = shared_init_check(ui.load_family(sel.source, sel.strict), res.group, res.view, sel.options,
+                                      sel.metrics, strict=sel.strict)
+        except ExplorerError as exc:
+            st.error(str(exc))
+            check = None
+        if check is not None:
+            st.markdown(f"Found: {check.clusters.describe()}. Adapters are "
+                        f"clustered by the |cos| of their A factors (average linkage at {check.clusters.threshold:g}): "
+                        "a shared init makes view A's shared subspace partly the init's.")
+            if check.within:
+                st.dataframe(pd.DataFrame([{"cluster": c.name, "adapters": len(c.members),
+                                            "verdict": c.verdict.label if c.verdict else "too few adapters",
+                                            "effect": round(c.verdict.effect, 3) if c.verdict else None,
+                                            "p": f"{c.verdict.p_value:.2g}" if c.verdict else ""} for c in check.within]),
+                             hide_index=True, key="spectrum_init_table")
+                for c in check.within:
+                    if c.verdict is not None:
+                        st.markdown(f"- **{c.name}** ({len(c.members)}) — {c.verdict.summary}.")
 
 st.subheader("Layers of this module type (sidebar layer range)")
 same_type = ui.layers_in_range(sel)

@@ -13,8 +13,9 @@ from explorer.figures import (
     universal_overlap_figure,
 )
 from explorer.metrics.angles import layer_overlap
+from explorer.metrics.permutation import group_permutation_summary
 from explorer.metrics.sums import MAX_GROUPS
-from explorer.metrics.random_reference import random_principal_angles
+from explorer.metrics.random_reference import random_overlap_band, random_principal_angles
 from explorer.present.decimate import decimate_square
 from explorer.present.overlap import overlap_scale
 from explorer.present.tables import group_columns, metadata_table
@@ -43,6 +44,11 @@ with tab_models:
     c1.plotly_chart(heat, key="overlap_models")
     angles = angle_distribution_figure(ov.cosines, random_angles=random_principal_angles(d, k))
     c2.plotly_chart(angles, key="overlap_angles")
+    rot_med, rot_lo, rot_hi = random_overlap_band(d, k)
+    pairs = ov.own[~np.eye(len(ov.own), dtype=bool)]
+    st.caption(f"Mean model × model overlap **{np.nanmean(pairs):.3f}** (median {np.nanmedian(pairs):.3f}); randomly "
+               f"rotated {k}-dim subspaces of R^{d} overlap {rot_med:.3f} [{rot_lo:.3f}, {rot_hi:.3f}] (5–95 %, "
+               "random-rotation reference)." if pairs.size else "One model: no pairs to compare.")
     color_col = st.selectbox("Colour by", ["(none)"] + group_cols, key="overlap_color")
     bars = universal_overlap_figure(res.models, ov.vs_universal,
                                     None if color_col == "(none)" else table[color_col].astype(str).tolist(),
@@ -86,6 +92,17 @@ with tab_groups:
                                            title=f"Group × group overlap (basis fitted per '{gr.by}')",
                                            expectation=expect)
         st.plotly_chart(group_fig, key="overlap_groups")
+        perm = group_permutation_summary(gr.overlap, gr.permuted)
+        if perm is not None:
+            tail = ("more distinct than groups of randomly relabelled models" if perm["p_distinct"] <= 0.05 else
+                    "more alike than groups of randomly relabelled models" if perm["p_alike"] <= 0.05 else
+                    "no different from groups of randomly relabelled models")
+            st.markdown(
+                f"**Permutation null** ({int(perm['permutations'])} relabellings, group sizes kept): the mean overlap "
+                f"between groups is **{perm['observed']:.3f}**, against **{perm['median']:.3f}** "
+                f"[{perm['lo']:.3f}, {perm['hi']:.3f}] for random labels: the '{gr.by}' groups are {tail} "
+                f"(p = {perm['p_distinct']:.2g} distinct, {perm['p_alike']:.2g} alike). The k/d line compares with "
+                "random subspaces, which groups of one family never are.")
         st.dataframe(pd.DataFrame({"group": gr.names, "overlap with universal": np.round(gr.vs_universal, 4)}),
                      hide_index=True)
     else:

@@ -3,7 +3,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from explorer.figures import accuracy_figure, coverage_figure
+from explorer.figures import accuracy_figure, coverage_figure, stability_figure
 from explorer.present.curves import coverage_curves
 
 sel, res = ui.page_analysis("Generalization", "🎯", "Generalization")
@@ -28,6 +28,14 @@ st.markdown(
 )
 figs = {"coverage": fig}
 tables = {"coverage": cov.table(int(max_k))}
+if m.stability is not None:
+    st.subheader("How many models until the subspace stabilises")
+    sfig = stability_figure(m.stability)
+    st.plotly_chart(sfig, key="gen_stability")
+    st.caption(f"For N' models drawn without replacement ({m.stability.k_tau.shape[1]} draws per size): k(0.9) of "
+               f"their spectrum and the overlap of their top-{m.stability.k} basis with the whole family's. Where both "
+               "level off, more models of this kind add no new shared direction.")
+    figs["stability"] = sfig
 
 from explorer.present.projection import accuracy_against_k, supports  # noqa: E402  (zoo families only)
 

@@ -100,6 +100,9 @@ def test_overlap_page_heatmap_is_square_and_symmetric():
     layers = next(f for t, f in figs.items() if t.startswith("Layer × layer"))
     # layers.0 and layers.2 both have 48 in-features; layers.1 (64) is not comparable.
     assert list(layers["data"][0]["y"]) == ["layers.0", "layers.2"]
+    # The group x group overlaps beside their permutation null, the model overlaps beside random rotations.
+    assert any(m.value.startswith("**Permutation null** (99 relabellings") for m in at.markdown)
+    assert any("random-rotation reference" in c.value for c in at.caption)
 
 
 def test_embedding_page_points_are_pca_of_coordinates():
@@ -271,3 +274,12 @@ def test_tour_verdict_step_judges_the_zoo():
     by_family = dict(zip(verdicts["family"], verdicts["verdict"]))
     assert by_family["fine-tunes of one base"] == "shared, mostly the mean"
     assert by_family["untrained (random init)"] == "null-like"
+
+
+def test_spectrum_page_states_the_verdict_and_the_shared_init_check():
+    at = start_app("pages/1_Spectrum.py", source="zoo:digits-lora", layer="layers.0", view="B")
+    assert not at.exception and not at.error
+    assert any(s.value.startswith("**Verdict (top 16 directions)** — shared:") for s in at.success)
+    found = [m.value for m in at.markdown if m.value.startswith("Found: ")]
+    assert found and "share an A initialisation" in found[0]
+    assert any(m.value.startswith("- **independent inits**") for m in at.markdown)

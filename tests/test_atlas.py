@@ -18,7 +18,7 @@ from explorer.present.atlas import atlas_grid, atlas_table
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_KEYS = {"layer", "index", "module", "view", "mode", "center", "n_models", "k_at", "top1_evr", "topk_evr",
-              "null_top1_evr", "null_topk_evr", "cache_key", "verdict"}
+              "null_top1_evr", "null_topk_evr", "cache_key", "verdict", "shared_init"}
 VERDICT_KEYS = {"label", "k", "observed", "null_median", "p_value", "p_raw", "effect", "effect_ci", "heldout_ratio",
                 "mean_ratio", "summary", "notes"}
 
@@ -39,6 +39,10 @@ def test_cli_atlas_json_schema_and_table(tmp_path):
         assert e["mode"] == {"A": "in", "B": "out"}[e["view"]]
         assert e["verdict"]["label"] == "shared" and e["verdict"]["p_value"] < 0.05
         assert e["verdict"]["p_value"] >= e["verdict"]["p_raw"]  # Holm only raises p-values
+    # The zoo's 60 adapters from one A init are found, and judged within their cluster.
+    init = doc["entries"][0]["shared_init"]
+    assert init["sizes"][0] >= 55 and [c["cluster"] for c in init["within"]] == ["shared init 1", "independent inits"]
+    assert all(c["verdict"]["label"] == "shared" for c in init["within"])
     assert (tmp_path / "dir" / "atlas.csv").read_text().startswith("layer,index,module,view")
     assert json.loads((tmp_path / "dir" / "atlas.json").read_text()) == doc
     assert "layers.1" in proc.stdout and "shared" in proc.stdout and "Holm" in proc.stdout

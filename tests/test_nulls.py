@@ -256,3 +256,19 @@ def test_random_subspace_and_errors():
     np.testing.assert_allclose(nulls.random_subspace_expectation(8, ks), np.minimum(ks / 8, 1))
     with pytest.raises(OptionError, match="dimension"):
         nulls.random_subspace_expectation(0, 1)
+
+
+def test_null_fitted_curve_is_a_per_model_mean_like_the_datas():
+    # Unequal strengths: the pooled cumulative EVR weighs loud models more; the per-model fitted curve
+    # averages each model's own captured share, as the data's fitted curve does.
+    xs = _gaussian_family(9, n=12, d=16, e=6, loud_first=True, shift=0.0)
+    evr, cum = _spectrum(xs)
+    u = np.linalg.eigh(np.einsum("nij,nkj->ik", xs, xs))[1][:, ::-1]
+    data = np.mean([np.cumsum(((u.T @ x) ** 2).sum(axis=1)) / (x**2).sum() for x in xs], axis=0)
+    band = nulls.null_band(null_spec.dense_null_spec((xs**2).sum(axis=(1, 2)), 16, 6), 100, 3, k_fitted=16)
+    assert band.fitted_draws.shape == (100, 16)
+    np.testing.assert_allclose(band.fitted_draws[:, -1], 1.0, atol=1e-5)  # all of R^16 holds every model
+    assert np.all(np.diff(band.fitted_draws, axis=1) >= -1e-6)
+    med, lo, hi, _, _ = nulls.band_limits(band.fitted_draws)
+    assert lo[2] <= data[2] <= hi[2]
+    assert abs(med[2] - band.cum_median[2]) > 0.005  # not the pooled curve

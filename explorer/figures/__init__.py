@@ -4,7 +4,7 @@ Builders never compute decompositions; they only lay out what the engine produce
 tested without Streamlit by reading the figure's data back.
 """
 from explorer.figures.embedding import embedding_figure
-from explorer.figures.generalization import accuracy_figure, coverage_figure
+from explorer.figures.generalization import accuracy_figure, coverage_figure, stability_figure
 from explorer.figures.overlap import (
     angle_distribution_figure,
     overlap_heatmap_figure,
@@ -20,5 +20,5 @@ from explorer.figures.style import PALETTE, TEMPLATE
 __all__ = [
     "PALETTE", "TEMPLATE", "accuracy_figure", "angle_distribution_figure", "coverage_figure",
     "cumulative_overlay_figure", "embedding_figure", "layer_heatmap_figure", "overlap_heatmap_figure",
-    "scree_figure", "universal_overlap_figure",
+    "scree_figure", "stability_figure", "universal_overlap_figure",
 ]

@@ -7,6 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from explorer.figures.style import NULL_COLOR, base_layout, color, rgba
+from explorer.metrics.results import Stability
 
 
 def coverage_figure(
@@ -103,3 +104,35 @@ def accuracy_figure(
     return base_layout(fig, title, xaxis=dict(title="k (components kept)", type="log", tickmode="array",
                                               tickvals=ks, ticktext=[str(int(k)) for k in ks]),
                        yaxis=dict(title="test accuracy", range=[0, 1.02]))
+
+
+def stability_figure(stability: Stability, *, title: str = "How many models until the subspace stabilises") -> go.Figure:
+    """k(0.9) and the overlap with the whole family's basis against the number of models N'.
+
+    Parameters
+    ----------
+    stability : Stability
+        From :mod:`explorer.metrics.subsample` (``Metrics.stability``).
+
+    Returns
+    -------
+    go.Figure
+        Traces ``"k(0.9)"`` (median over subsamples, left axis, with its 5-95 % band
+        ``"k(0.9) 5–95 %"``) and ``"overlap with all N"`` (median, right axis, band
+        ``"overlap 5–95 %"``); x = ``stability.sizes``.
+    """
+    x = np.asarray(stability.sizes, dtype=float)
+    fig = go.Figure()
+    for name, vals, axis, i in (("k(0.9)", stability.k_tau, "y", 0), ("overlap with all N", stability.overlap, "y2", 1)):
+        with np.errstate(all="ignore"):
+            med, lo, hi = (np.nanquantile(vals, q, axis=1) for q in (0.5, 0.05, 0.95))
+        band = "k(0.9) 5–95 %" if i == 0 else "overlap 5–95 %"
+        fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                                 fillcolor=rgba(color(i), 0.18), line=dict(width=0), name=band, yaxis=axis,
+                                 hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=x, y=med, name=name, mode="lines+markers", yaxis=axis, line=dict(color=color(i)),
+                                 hovertemplate=f"N' = %{{x}}<br>{name} %{{y:.3g}}<extra></extra>"))
+    return base_layout(fig, title, xaxis=dict(title="models in the subsample (N')", type="log"),
+                       yaxis=dict(title="k(0.9)", rangemode="tozero"),
+                       yaxis2=dict(title=f"overlap of the top-{stability.k} basis with all N", overlaying="y",
+                                   side="right", range=[0, 1.02]))

@@ -21,6 +21,7 @@ def scree_figure(
     title: str | None = None,
     null: NullBand | None = None,
     mp_edge_evr: float | None = None,
+    ci: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> go.Figure:
     """Scree plot: explained variance per component (bars) and cumulative (line), with baselines.
 
@@ -42,6 +43,9 @@ def scree_figure(
         with the band's real coverage (``NullBand.band_name``) and its construction on hover.
     mp_edge_evr : float, optional
         Marchenko-Pastur upper edge of the null in EVR units: a horizontal line.
+    ci : (lo, hi), each ndarray (K,), optional
+        A confidence band of each component's EVR (the half-sampling band of
+        :mod:`explorer.metrics.subsample`): error bars on the bars it covers.
 
     Returns
     -------
@@ -55,7 +59,14 @@ def scree_figure(
     n = int(min(len(evr), max(1, max_components)))
     x = np.arange(1, n + 1)
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=x, y=evr[:n], name="EVR per component", marker_color=PALETTE[0],
+    err = None
+    if ci is not None:
+        lo, hi = (np.asarray(a)[:n] for a in ci)
+        m = min(len(lo), n)
+        err = dict(type="data", symmetric=False, array=np.clip(np.concatenate([hi[:m], evr[m:n]]) - evr[:n], 0, None),
+                   arrayminus=np.clip(evr[:n] - np.concatenate([lo[:m], evr[m:n]]), 0, None), thickness=1, width=2,
+                   color=NULL_COLOR)
+    fig.add_trace(go.Bar(x=x, y=evr[:n], name="EVR per component", marker_color=PALETTE[0], error_y=err,
                          hovertemplate="component %{x}<br>EVR %{y:.4f}<extra></extra>"))
     if null is not None:
         med, lo, hi = (np.asarray(a)[:n] for a in null.evr)

@@ -31,6 +31,8 @@ NULL_DTYPE = torch.float32
 KEEP_COMPONENTS = 256
 # Nominal coverage of every band: 5 % to 95 %.
 LEVEL = 0.90
+# Largest Gram side whose null draws also give the per-model fitted curve (eigenvectors: ~3x the cost).
+FITTED_SIDE = 512
 
 
 def _bartlett(d: int, dof: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,22 +151,40 @@ def _centred_factored_gram(spec: NullSpec, rng: np.random.Generator, dtype: torc
     return yt @ yt.T - cross_t - cross_t.T + alpha_total * (zt @ zt.T)
 
 
-def _draw_eigenvalues(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype) -> np.ndarray:
-    """Descending eigenvalues of one draw of the null Gram (at most d of them)."""
+def _block_widths(spec: NullSpec) -> np.ndarray:
+    """Columns of each null model's block in the draw's Y, in Y's order (Gaussian-term draws)."""
+    if spec.center != "none":
+        return np.full(len(spec.dof), spec.e)
+    side = min(spec.d, spec.e) if spec.factored else spec.d
+    return np.concatenate([np.full(len(idx), min(f, side)) for f, idx in _by_dof(spec)])
+
+
+def _draw(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype, k_fitted: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """One draw: descending eigenvalues of the null Gram (at most d), and when ``k_fitted`` > 0 the
+    mean over null models of their in-sample captured energy ||U_k^T X_i||^2 / ||X_i||^2, k = 1..k_fitted
+    (each block's Gram is its model's, so U^T block has the model's captured energy)."""
     if spec.center != "none" and spec.factored:
-        g = _centred_factored_gram(spec, rng, dtype)
+        g, y = _centred_factored_gram(spec, rng, dtype), None
     else:
         y = torch.from_numpy(_centred_dense(spec, rng) if spec.center != "none" else _raw_factor(spec, rng)).to(dtype)
-        if y.shape[1] < spec.d:
-            # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.
-            g = y.T @ y
-        else:
-            g = y @ y.T
-    vals = torch.linalg.eigvalsh((g + g.T) / 2).double().numpy()[::-1]
-    return np.clip(vals, 0.0, None)
+        # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.
+        g = y.T @ y if y.shape[1] < spec.d and not k_fitted else y @ y.T
+    g = (g + g.T) / 2
+    if not k_fitted or y is None:
+        return np.clip(torch.linalg.eigvalsh(g).double().numpy()[::-1], 0.0, None), None
+    vals, vecs = torch.linalg.eigh(g)
+    kk = min(k_fitted, spec.d)
+    proj = (vecs[:, -kk:].flip(-1).T @ y).double().numpy() ** 2          # (k, width)
+    widths = _block_widths(spec)
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    per_model = np.add.reduceat(proj, starts, axis=1)                     # (k, models)
+    norms = np.add.reduceat((y.double().numpy() ** 2).sum(axis=0), starts)
+    captured = np.cumsum(per_model, axis=0) / np.where(norms > 0, norms, 1.0)
+    return np.clip(vals.double().numpy()[::-1], 0.0, None), captured.mean(axis=1)
 
 
-def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dtype | None = None) -> np.ndarray:
+def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dtype | None = None,
+                     k_fitted: int = 0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Eigenvalues of the null Gram for ``draws`` seeded draws (no budget applied here).
 
     Parameters
@@ -175,21 +195,26 @@ def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dty
     dtype : torch dtype, optional
         Of the Gram product and eigenvalues (default :data:`NULL_DTYPE`); the samples are the
         same numbers either way.
+    k_fitted : int
+        When > 0, also each draw's mean per-model in-sample captured energy at k = 1..k_fitted.
 
     Returns
     -------
     ndarray, shape (draws, d)
-        Descending eigenvalues per draw.
+        Descending eigenvalues per draw; with ``k_fitted``, also an ndarray (draws, k_fitted).
     """
     if draws < 1:
         raise OptionError(f"null draws must be >= 1, got {draws}")
     d = spec.d
     dtype = NULL_DTYPE if dtype is None else dtype
     out = np.zeros((draws, d))
+    fitted = np.full((draws, min(k_fitted, d)), np.nan)
     for t in range(draws):
-        vals = _draw_eigenvalues(spec, np.random.default_rng([seed, t]), dtype)[:d]
-        out[t, :len(vals)] = vals
-    return out
+        vals, curve = _draw(spec, np.random.default_rng([seed, t]), dtype, k_fitted)
+        out[t, :len(vals[:d])] = vals[:d]
+        if curve is not None:
+            fitted[t] = curve
+    return (out, fitted) if k_fitted else out
 
 
 def band_limits(a: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str]:
@@ -224,10 +249,21 @@ def band_limits(a: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.nda
     return med, a[0].copy(), a[0].copy(), 0.0, "one draw: no band"
 
 
-def null_band(spec: NullSpec, draws: int = 100, seed: int = 0) -> NullBand:
-    """The null's median and band of its EVR and cumulative EVR curves, within the draw budget."""
+def null_band(spec: NullSpec, draws: int = 100, seed: int = 0, k_fitted: int = 0) -> NullBand:
+    """The null's median and band of its EVR and cumulative EVR curves, within the draw budget.
+
+    ``k_fitted`` > 0 (at sides <= :data:`FITTED_SIDE`, where the eigenvectors are cheap) also keeps
+    each draw's mean per-model in-sample captured energy at k = 1..k_fitted: the like-for-like
+    companion of the fitted coverage curve (a mean over models, not a share of pooled energy).
+    """
     made = affordable_draws(spec, draws)
-    return band_from_eigenvalues(null_eigenvalues(spec, made, seed), mp_edge_evr(spec), spec.construction, draws)
+    k_fitted = k_fitted if spec.d <= FITTED_SIDE and not (spec.factored and spec.center != "none") else 0
+    if not k_fitted:
+        return band_from_eigenvalues(null_eigenvalues(spec, made, seed), mp_edge_evr(spec), spec.construction, draws)
+    eig, fitted = null_eigenvalues(spec, made, seed, k_fitted=k_fitted)
+    band = band_from_eigenvalues(eig, mp_edge_evr(spec), spec.construction, draws)
+    band.fitted_draws = fitted
+    return band
 
 
 def band_from_eigenvalues(eig: np.ndarray, mp_edge_value: float, construction: str, asked: int | None = None) -> NullBand:

@@ -35,7 +35,7 @@ from explorer.core.progress import ProgressFn
 from explorer.core.threads import is_small, single_threaded
 from explorer.core.timing import stage
 from explorer.core.topk import refit_basis
-from explorer.metrics import angles, baselines, heldout, null_spec
+from explorer.metrics import angles, baselines, heldout, null_spec, permutation, subsample
 from explorer.metrics.model_mode import LOO_FLOPS, model_mode_metrics, set_null
 from explorer.metrics.results import (
     Groups,
@@ -298,6 +298,19 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
                 gb.append(eigh_top(centered_gram(gg, sg, ng, center), ka)[1].cpu().double().numpy())
         res.groups = Groups(by=group_by, names=group_names, bases=np.stack(gb), overlap=angles.overlap_matrix(gb),
                             vs_universal=angles.overlap_matrix(gb, [ub])[:, 0])
+        if keep_stack and permutation.affordable(n, d, mopts.max_memory_mb * 2**20 // 8):
+            with stage("group permutations"):
+                sides = [t.reshape(d, e) for t in stack]
+                res.groups.permuted = permutation.permuted_group_overlaps(sides, sums.groups, len(group_names), ka,
+                                                                          center, seed=mopts.seed)
+        else:
+            notes.append(f"group permutation test skipped: relabelling needs every model's {d}x{d} Gram in memory")
+    if keep_stack and n >= 4 and permutation.affordable(n, d, mopts.max_memory_mb * 2**20 // 8):
+        with stage("subsampling"):
+            res.stability = subsample.stability([t.reshape(d, e) for t in stack], center, ka, 256, mopts.seed)
+    elif n >= 4:
+        notes.append(f"k(τ) against N and the scree's confidence band skipped: subsampling needs every model's "
+                     f"{d}x{d} Gram in memory")
     if keep_stack:
         with stage("model kernel"):
             xs = torch.stack(stack)
@@ -307,7 +320,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
             res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
     if mopts.null_draws and norms2.any():
         with stage("null"):
-            set_null(res, side_null(norms2, d, e, center, mopts, null_ranks, null_widths, notes))
+            set_null(res, side_null(norms2, d, e, center, mopts, null_ranks, null_widths, notes, k_fitted=kk))
     return res
 
 
@@ -315,7 +328,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
 
 def side_null(norms2: np.ndarray, d: int, e: int, center: str, mopts: MetricsOptions,
               ranks: Sequence[int] | None = None, widths: Sequence[int] | None = None,
-              notes: list[str] | None = None) -> NullBand:
+              notes: list[str] | None = None, k_fitted: int = 0) -> NullBand:
     """The strength-matched Gaussian null of an out/in-mode analysis, from its models' norms.
 
     Parameters
@@ -333,12 +346,14 @@ def side_null(norms2: np.ndarray, d: int, e: int, center: str, mopts: MetricsOpt
         Zero-padded factors (views A, B of mixed rank): each model's true rank.
     notes : list of str, optional
         Gets a note when the budget cut the draws.
+    k_fitted : int
+        Also the null's per-model fitted curve at k = 1..k_fitted where cheap (:func:`baselines.null_band`).
     """
     if ranks is not None:
         spec = null_spec.factored_null_spec(norms2, d, e, np.asarray(ranks, dtype=np.int64), center)
     else:
         spec = null_spec.dense_null_spec(norms2, d, e, center, None if widths is None else np.asarray(widths))
-    band = baselines.null_band(spec, mopts.null_draws, mopts.seed)
+    band = baselines.null_band(spec, mopts.null_draws, mopts.seed, k_fitted)
     if notes is not None and band.draws < band.draws_asked:
         notes.append(f"Gaussian null: {band.draws} draws of {band.draws_asked} asked ({d} x {d} Grams are costly); "
                      f"its band is a {band.band_method} and holds {100 * band.coverage:.0f} % of null spectra")

@@ -88,16 +88,15 @@ class NullBand:
     draws : int
         Null draws the band comes from.
     draws_asked : int
-        Draws asked for (more than ``draws`` when the budget cut them: the band says so).
+        Draws asked for (more than ``draws`` when the budget cut them; the band says so).
     coverage : float
-        Probability that the band holds a spectrum drawn from the null, at each component
-        (:func:`explorer.metrics.baselines.band_limits`): 0.90 for the 5-95 % band it stands for.
-    band_method : str
-        How the band was formed from the draws (order statistics, or a t prediction interval).
-    construction : str
-        What the null matches, in one sentence (shown next to every band).
+        Probability that the band holds a null spectrum at each component (0.90 for a 5-95 % band).
+    band_method, construction : str
+        How the band was formed (order statistics, or a t interval); what the null matches.
     cum_draws : ndarray, shape (draws, K)
         Each draw's cumulative EVR at the first K <= 256 components (p-values of top-k energy).
+    fitted_draws : ndarray, shape (draws, K'), or None
+        Each draw's mean per-model in-sample captured energy at k = 1..K' (like the fitted curve).
     """
 
     evr_median: np.ndarray
@@ -113,6 +112,7 @@ class NullBand:
     band_method: str
     construction: str
     cum_draws: np.ndarray
+    fitted_draws: np.ndarray | None = None
 
     @property
     def band_name(self) -> str:
@@ -203,6 +203,9 @@ class Groups:
     bases : ndarray, shape (G, d, k_angles)
     overlap : ndarray, shape (G, G)
     vs_universal : ndarray, shape (G,)
+    permuted : ndarray, shape (P, G, G), or None
+        The overlaps of group bases refitted after relabelling the models at random (group sizes
+        kept; :mod:`explorer.metrics.permutation`); None when too large to compute (``notes``).
     """
 
     by: str
@@ -210,6 +213,38 @@ class Groups:
     bases: np.ndarray
     overlap: np.ndarray
     vs_universal: np.ndarray
+    permuted: np.ndarray | None = None
+
+
+@dataclass
+class Stability:
+    """Subsampling of one layer group (:mod:`explorer.metrics.subsample`; S sizes, R draws, T taus).
+
+    Attributes
+    ----------
+    sizes : ndarray of int, shape (S,): subsample sizes N' (the last is N itself, one draw).
+    k_tau, overlap : ndarray, shape (S, R)
+        k(0.9) of each subsample, and the overlap of its top-k basis with the whole family's
+        (NaN where a size has fewer draws).
+    k : int
+        Dimension of the compared bases.
+    evr_lo, evr_hi, cum_lo, cum_hi : ndarray, shape (K,)
+        5-95 % half-sampling band of the EVR and cumulative EVR (first K components).
+    k_ci : ndarray, shape (T, 2)
+        5-95 % half-sampling band of k(tau) for tau in ``taus`` (shape (T,)), from ``halves`` halves.
+    """
+
+    sizes: np.ndarray
+    k_tau: np.ndarray
+    overlap: np.ndarray
+    k: int
+    evr_lo: np.ndarray
+    evr_hi: np.ndarray
+    cum_lo: np.ndarray
+    cum_hi: np.ndarray
+    k_ci: np.ndarray
+    taus: np.ndarray
+    halves: int
 
 
 @dataclass
@@ -241,6 +276,8 @@ class Metrics:
     groups : Groups or None
     null : NullBand or None
         The strength-matched Gaussian null (None when skipped: see ``notes``).
+    stability : Stability or None
+        k(tau) against N and the half-sampling band of the scree (None when too large: ``notes``).
     mp_edge_evr : float or None
         Marchenko-Pastur upper edge of that null, in EVR units (kept when the band is skipped).
     notes : list of str
@@ -257,6 +294,7 @@ class Metrics:
     overlaps: Overlaps | None = None
     groups: Groups | None = None
     null: NullBand | None = None
+    stability: Stability | None = None
     mp_edge_evr: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -284,13 +322,12 @@ class Metrics:
                 if a is not None:
                     out[f"{name}_mean"] = float(a.mean())
         if self.null is not None:
-            out["null_cumulative_median"] = self.null.cum_median.tolist()
-            out["null_cumulative_p05"] = self.null.cum_lo.tolist()
-            out["null_cumulative_p95"] = self.null.cum_hi.tolist()
-            out["null_band_coverage"] = self.null.coverage
-            out["null_draws"] = self.null.draws
-            out["null_construction"] = self.null.caption
-            out["mp_edge_evr"] = self.mp_edge_evr
+            nb = self.null
+            out.update(null_cumulative_median=nb.cum_median.tolist(), null_cumulative_p05=nb.cum_lo.tolist(),
+                       null_cumulative_p95=nb.cum_hi.tolist(), null_band_coverage=nb.coverage, null_draws=nb.draws,
+                       null_construction=nb.caption, mp_edge_evr=self.mp_edge_evr)
+        if self.stability is not None:  # half-sampling 5-95 % band of k(tau), keyed like k_at
+            out["k_at_ci"] = {f"{t:g}": [int(a), int(b)] for t, (a, b) in zip(self.stability.taus, self.stability.k_ci)}
         if self.groups is not None:
             out["groups"] = {"by": self.groups.by, "names": self.groups.names,
                              "overlap": self.groups.overlap.tolist()}
@@ -298,7 +335,8 @@ class Metrics:
 
 
 # The nested parts of Metrics, by field name (for serialisation).
-PARTS: dict[str, type] = {"heldout": HeldOut, "overlaps": Overlaps, "groups": Groups, "null": NullBand}
+PARTS: dict[str, type] = {"heldout": HeldOut, "overlaps": Overlaps, "groups": Groups, "null": NullBand,
+                          "stability": Stability}
 ENERGY_KINDS: tuple[str, ...] = ("one", "two", "kfold", "loo")
 
 

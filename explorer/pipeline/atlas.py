@@ -8,8 +8,10 @@ dozens of groups, some would beat the null at 5 % by chance alone.
 JSON schema ``subspace-explorer/atlas/1``: ``{schema, family, source, n_models, k, alpha, entries,
 skipped, notes}``; each entry holds ``layer`` (the group name), ``index``, ``module`` (the module
 type), ``view``, ``mode``, ``center``, ``n_models``, ``k_at``, ``top1_evr``, ``topk_evr``,
-``null_top1_evr``, ``null_topk_evr`` (the null's medians), ``cache_key`` and ``verdict`` (label,
-p_value (adjusted), p_raw, effect, effect_ci, heldout_ratio, mean_ratio, summary, notes).
+``null_top1_evr``, ``null_topk_evr`` (the null's medians), ``cache_key``, ``verdict`` (label,
+p_value (adjusted), p_raw, effect, effect_ci, heldout_ratio, mean_ratio, summary, notes) and, for
+LoRA groups, ``shared_init`` (threshold, min_size, cluster sizes, summary, and ``within``: the
+verdict within each cluster of a shared A init and within the independent adapters).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from explorer.metrics.verdict import ALPHA, Verdict, holm
 from explorer.pipeline.analyze import analyze_cached
 from explorer.pipeline.cache import ResultCache
 from explorer.pipeline.result import Analysis
+from explorer.pipeline.shared_init import InitCheck, init_clusters_of, shared_init_check
 from explorer.sources.family import Family, Skipped
 
 ATLAS_SCHEMA = "subspace-explorer/atlas/1"
@@ -43,6 +46,7 @@ class AtlasEntry:
     view: str
     analysis: Analysis
     verdict: Verdict
+    init: InitCheck | None = None
 
     def to_json(self) -> dict[str, Any]:
         sp, m, k = self.analysis.spectrum, self.analysis.metrics, self.verdict.k
@@ -57,6 +61,7 @@ class AtlasEntry:
             "null_topk_evr": float(null.cum_median[k - 1]) if null is not None and len(null.cum_median) >= k else None,
             "cache_key": self.analysis.cache_key,
             "verdict": self.verdict.to_json(),
+            "shared_init": self.init.to_json() if self.init is not None else None,
         }
 
 
@@ -109,7 +114,8 @@ def atlas_plan(family: Family, modules: str | None = None, views: Sequence[str] 
 def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] = DEFAULT_VIEWS,
               k: int | None = None, options: SpectralOptions = SpectralOptions(),
               metrics: MetricsOptions = MetricsOptions(), progress: ProgressFn | None = None,
-              cache: ResultCache | None = None, alpha: float = ALPHA, strict: bool = False) -> Atlas:
+              cache: ResultCache | None = None, alpha: float = ALPHA, strict: bool = False,
+              init_check: bool = True) -> Atlas:
     """Analyse every planned (group, view) through the cache and judge each, Holm-adjusted.
 
     Parameters
@@ -123,6 +129,9 @@ def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] =
         Rank of every verdict's top-k statistic (default min(16, d/4) per group).
     progress : callable(done, total, label), optional
         Called once per entry, label ``"atlas"`` (a bar with an ETA in the CLI).
+    init_check : bool
+        LoRA groups: cluster the adapters by A initialisation and, where some share one, give the
+        verdict within each cluster too (:mod:`explorer.pipeline.shared_init`; unadjusted p-values).
     """
     if k is not None and k < 1:
         raise OptionError(f"--k must be >= 1, got {k}")
@@ -137,9 +146,15 @@ def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] =
     raw = [a.verdict(k) for a in analyses]
     adjusted = holm(np.array([r.p_value for r in raw]))
     entries = []
+    clusters: dict[str, Any] = {}
     for (g, v), a, r, p in zip(plan, analyses, raw, adjusted):
         verdict = a.verdict(k, p_adjusted=float(p) if np.isfinite(p) else None)
-        entries.append(AtlasEntry(g, v, a, verdict))
+        init = None
+        if init_check and g.kind == "lora":
+            if g.name not in clusters:  # one clustering per group, whatever the views
+                clusters[g.name] = init_clusters_of(family, g)
+            init = shared_init_check(family, g, v, options, metrics, cache, k, strict, clusters[g.name])
+        entries.append(AtlasEntry(g, v, a, verdict, init))
     skipped: dict[str, Skipped] = {s.name: s for s in family.skipped}
     for a in analyses:
         for s in a.skipped:

@@ -24,7 +24,9 @@ from explorer.sources.family import Skipped
 # drawn by the tridiagonal model; the Gram built once for the decomposition and the metrics.
 # 10: the null strength-matched model by model at every size, centred as the data is, 100 draws
 # with a band of stated coverage (metrics.null_spec).
-ENGINE_VERSION = "10"
+# 11: group x group overlaps carry their permutation null (metrics.permutation); subsampling
+# (metrics.subsample): k(tau) against N and the half-sampling band of the scree.
+ENGINE_VERSION = "11"
 __all__ = ["ENGINE_VERSION", "Analysis"]
 
 

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from explorer.metrics.baselines import band_limits
 from explorer.pipeline.result import Analysis
 
 
@@ -43,8 +44,10 @@ class Coverage:
 def coverage_curves(res: Analysis) -> Coverage:
     """Fitted, held-out (k-fold, LOO), null and random-subspace curves; the mean-only level.
 
-    The null curve is the strength-matched Gaussian null's cumulative EVR (median), i.e. what
-    the fitted curve would be for a family with no shared structure.
+    The null curve is what the fitted curve would be for a family with no shared structure: the
+    strength-matched Gaussian null's mean per-model in-sample captured energy (median over draws,
+    with its band), like the fitted curve a mean over models; omitted where the null's draws do
+    not carry it (sides above 512, centred LoRA products, model mode).
     """
     m = res.metrics
     cov = Coverage()
@@ -61,9 +64,11 @@ def coverage_curves(res: Analysis) -> Coverage:
     folds = m.heldout.n_folds if m.heldout is not None else 0
     add(f"held-out ({folds}-fold)" if folds else "held-out (k-fold)", m.curves("kfold"))
     add("held-out (leave-one-out)", m.curves("loo"))
-    if m.null is not None:
-        cov.curves["null median (fitted)"] = m.null.cum_median
-        cov.bands["null median (fitted)"] = (m.null.cum_lo, m.null.cum_hi)
+    if m.null is not None and m.null.fitted_draws is not None:
+        # Like for like: the null's mean per-model in-sample coverage, beside the data's per-model mean.
+        med, lo, hi, _, _ = band_limits(m.null.fitted_draws)
+        cov.curves["null (fitted, per-model mean)"] = med
+        cov.bands["null (fitted, per-model mean)"] = (lo, hi)
     kmax = m.energy_one.shape[1]
     cov.curves["random subspace"] = res.random_subspace()[:kmax]
     ho = m.heldout

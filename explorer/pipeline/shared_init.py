@@ -1,0 +1,106 @@
+"""The shared-initialisation check of a LoRA layer group: cluster the adapters by their A factors
+(:mod:`explorer.metrics.shared_init`) and give the verdict within each cluster.
+
+When part of a collection shares one A init, a verdict on the whole family mixes the init's
+structure with what training learned; within a cluster of one init, and within the adapters of
+independent inits, the verdict says which part is shared beyond the null.  Each within-cluster
+analysis is an ordinary cached analysis of the sub-family of its members.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from explorer.catalog.groups import LayerGroup, build_catalog
+from explorer.catalog.views import stream_for_view
+from explorer.core.errors import OptionError
+from explorer.engine.options import SpectralOptions
+from explorer.metrics.results import MetricsOptions
+from explorer.metrics.shared_init import InitClusters, a_cosines, init_clusters
+from explorer.metrics.verdict import Verdict
+from explorer.pipeline.analyze import analyze_cached
+from explorer.pipeline.cache import ResultCache
+from explorer.sources.family import Family
+
+# Fewest members a within-cluster verdict is computed for (held-out folds and a null need them).
+MIN_VERDICT_MODELS = 3
+
+
+@dataclass
+class ClusterVerdict:
+    """The verdict within one cluster (``cluster`` -1: the adapters of independent inits)."""
+
+    cluster: int
+    members: list[str]
+    verdict: Verdict | None
+    cache_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "independent inits" if self.cluster < 0 else f"shared init {self.cluster + 1}"
+
+    def to_json(self) -> dict[str, Any]:
+        v = self.verdict.to_json() if self.verdict is not None else None
+        return {"cluster": self.name, "n_models": len(self.members), "members": list(self.members), "verdict": v,
+                "cache_key": self.cache_key}
+
+
+@dataclass
+class InitCheck:
+    """Clusters of one LoRA group's adapters by A initialisation, and the verdict within each."""
+
+    group: str
+    view: str
+    clusters: InitClusters
+    within: list[ClusterVerdict]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.clusters.threshold, "min_size": self.clusters.min_size,
+                "sizes": list(self.clusters.sizes), "summary": self.clusters.describe(),
+                "within": [c.to_json() for c in self.within]}
+
+
+def _lora_group(family: Family, group: str | LayerGroup) -> LayerGroup | None:
+    if isinstance(group, LayerGroup):
+        return group if group.kind == "lora" else None
+    for g in build_catalog(family):
+        if g.name == group:
+            return g if g.kind == "lora" else None
+    raise OptionError(f"{family.source}: no layer group {group!r}")
+
+
+def init_clusters_of(family: Family, group: str | LayerGroup) -> InitClusters | None:
+    """The A-factor clusters of a LoRA group (None for a dense group)."""
+    g = _lora_group(family, group)
+    if g is None:
+        return None
+    return init_clusters(a_cosines(stream_for_view(family, g, "A").open()))
+
+
+def shared_init_check(family: Family, group: str | LayerGroup, view: str, options: SpectralOptions = SpectralOptions(),
+                      metrics: MetricsOptions = MetricsOptions(), cache: ResultCache | None = None, k: int | None = None,
+                      strict: bool = False, clusters: InitClusters | None = None) -> InitCheck | None:
+    """Cluster a LoRA group's adapters by A init; verdict within each cluster of >= 3 members.
+
+    Returns None for a dense group.  Without a shared init (no cluster) nothing is analysed again:
+    the family's own verdict is the within-cluster one.
+    """
+    g = _lora_group(family, group)
+    if g is None:
+        return None
+    clusters = clusters if clusters is not None else init_clusters_of(family, g)
+    within: list[ClusterVerdict] = []
+    if clusters.shared:
+        names = [m.name for m in family.models]
+        for c in list(range(len(clusters.sizes))) + [-1]:
+            members = [n for n, lab in zip(names, clusters.labels) if lab == c]
+            if not members:
+                continue
+            if len(members) < MIN_VERDICT_MODELS:
+                within.append(ClusterVerdict(c, members, None))
+                continue
+            keep = set(members)
+            sub = replace(family, models=[m for m in family.models if m.name in keep])
+            res = analyze_cached(sub, g.name, view, options, metrics, cache=cache, strict=strict)
+            within.append(ClusterVerdict(c, members, res.verdict(k), res.cache_key))
+    return InitCheck(g.name, view, clusters, within)
