@@ -98,6 +98,7 @@ def _parser(prog: str = "python -m explorer") -> argparse.ArgumentParser:
     at.add_argument("--device", default="auto", choices=DEVICES)
     at.add_argument("--dtype", default="float64", choices=list(DTYPES))
     at.add_argument("--seed", type=int, default=0, help="seed of the null draws and folds")
+    at.add_argument("--null-draws", type=int, default=100, metavar="N", help="draws of the Gaussian null (0 skips it)")
     at.add_argument("--json", dest="json_file", metavar="FILE", help="write the atlas (subspace-explorer/atlas/1)")
     at.add_argument("--out", metavar="DIR", help="write atlas.json and atlas.csv")
     at.add_argument("--no-init-check", action="store_true",
@@ -127,6 +128,8 @@ def _decomposition_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--method", default="auto", choices=METHODS,
                    help="eigen-solver: exact, or randomized subspace iteration (auto: randomized above d = 16384)")
     a.add_argument("--seed", type=int, default=0, help="seed of the randomized solver and of the null draws")
+    a.add_argument("--null-draws", type=int, default=100, metavar="N",
+                   help="draws of the Gaussian null (default 100, fewer where costly; 0 skips it)")
 
 
 def _family_args(p: argparse.ArgumentParser) -> None:
@@ -196,7 +199,7 @@ def _options(args):
 def _run(args, fam, layer: str, progress):
     """One analysis through the disk cache (unless --no-cache), sharing the app's pipeline."""
     opts = _options(args)
-    metrics = MetricsOptions(seed=args.seed)
+    metrics = MetricsOptions(seed=args.seed, null_draws=args.null_draws)
     if args.no_cache:
         return analyze(fam, layer, view=args.view, options=opts, progress=progress, metrics=metrics,
                        strict=args.strict)
@@ -275,7 +278,8 @@ def _cmd_atlas(args, progress) -> int:
     cache = None if args.no_cache else ResultCache(args.cache_dir) if args.cache_dir else None
     if args.no_cache:
         cache = ResultCache(tempfile.mkdtemp(prefix="explorer-atlas-"))  # resumable within this run only
-    atlas = run_atlas(fam, args.modules, views, args.k, opts, MetricsOptions(seed=args.seed), progress, cache,
+    atlas = run_atlas(fam, args.modules, views, args.k, opts, MetricsOptions(seed=args.seed, null_draws=args.null_draws),
+                      progress, cache,
                       strict=args.strict, init_check=not args.no_init_check)
     n_skipped = _report_skipped([e.analysis for e in atlas.entries], progress)
     doc = json.dumps(atlas.to_json(), indent=2, allow_nan=False).encode()

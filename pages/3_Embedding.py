@@ -73,9 +73,9 @@ if chosen:
     st.subheader(f"{len(chosen)} selected models")
     st.dataframe(table.iloc[chosen], hide_index=True)
     rest = np.setdiff1d(np.arange(len(table)), chosen)
-    curves = {"selected (mean)": m.energy_one[chosen].mean(axis=0)}
+    curves = {"selected (mean)": np.nanmean(m.energy_one[chosen], axis=0)}
     if len(rest):
-        curves["rest (mean)"] = m.energy_one[rest].mean(axis=0)
+        curves["rest (mean)"] = np.nanmean(m.energy_one[rest], axis=0)
     sel_fig = coverage_figure(curves, title="Captured energy of the selected models vs the rest")
     st.plotly_chart(sel_fig, key="emb_selected_spectrum")
     figs["selected-vs-rest"] = sel_fig

@@ -143,3 +143,13 @@ def test_view_a_defaults_to_the_input_space_and_mode_still_wins(tmp_path):
     assert (out_mode["mode"], out_mode["options"]["mode"], len(out_mode["evr"])) == ("out", "out", r)
     b, _ = analyze("b.json", "--view", "B", "--no-cache")
     assert (b["mode"], len(b["evr"])) == ("out", m)
+
+
+def test_null_draws_option(tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli("analyze", "zoo:planted", "--layer", "layers.0", "--null-draws", "0", "--json", str(out),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert "null_cumulative_median" not in res["metrics"] and res["metrics_options"]["null_draws"] == 0
+    assert res["verdict"]["label"] == "undetermined"

@@ -54,6 +54,9 @@ def test_padded_low_rank_model_inside_the_universal_subspace_overlaps_fully():
     assert np.isnan(ov.cosines[0, 4:]).all() and ov.cosines[0, :4] == pytest.approx(1.0, abs=1e-9)
     assert any("truncated to each model's rank" in n for n in met.notes)
     assert any("zero after centring" in n for n in met.notes)
+    # Its captured energies are undefined, not 0: left out of the family's means.
+    assert np.isnan(met.energy_one[5]).all() and np.isfinite(met.energy_one[np.arange(8) != 5]).all()
+    assert any("left out of the means" in n for n in met.notes)
 
 
 def test_mixed_rank_adapters_padded_view_uses_each_rank(tmp_path):

@@ -273,6 +273,13 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     if not norms2.any():
         notes.append(f"the family's energy is 0 after centring {center!r} (e.g. a single model, centred): "
                      "EVR, k(τ), captured energies and the null are undefined here")
+    elif (zero := np.flatnonzero(norms2 <= 0)).size:
+        # A zero model has no energy to capture: NaN, left out of every mean, rather than a 0 that
+        # would pull the family's coverage down.
+        for key in out:
+            out[key][zero] = np.nan
+        notes.append(f"{zero.size} model(s) are zero after centring (e.g. #{int(zero[0])}): their captured energies "
+                     "are undefined (NaN) and left out of the means")
     ub = basis[:, :ka]
     res = Metrics(norms2=norms2, energy_one=out["one"], notes=notes)
     if two_sided:

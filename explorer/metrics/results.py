@@ -315,12 +315,12 @@ class Metrics:
         for kind, name in zip(ENERGY_KINDS, ("energy_one", "energy_two", "heldout_kfold", "heldout_loo")):
             a = self.curves(kind)
             if a is not None:
-                out[f"{name}_mean"] = a.mean(axis=0).tolist()
+                out[f"{name}_mean"] = np.nanmean(a, axis=0).tolist()  # NaN rows: zero models
         if self.heldout is not None:
             for name in ("mean_kfold_captured", "mean_kfold_error", "mean_loo_captured", "mean_loo_error"):
                 a = getattr(self.heldout, name)
                 if a is not None:
-                    out[f"{name}_mean"] = float(a.mean())
+                    out[f"{name}_mean"] = float(np.nanmean(a))
         if self.null is not None:
             nb = self.null
             out.update(null_cumulative_median=nb.cum_median.tolist(), null_cumulative_p05=nb.cum_lo.tolist(),

@@ -105,7 +105,8 @@ class Analysis:
                                    "norm2": float(m.norms2[i]), "k": k}
             for key, a in cols.items():
                 if a is not None:
-                    row[key] = float(a[i, min(k, a.shape[1]) - 1])
+                    val = float(a[i, min(k, a.shape[1]) - 1])
+                    row[key] = val if np.isfinite(val) else None  # a zero model captures nothing defined
             if m.overlaps is not None:
                 ov = float(m.overlaps.vs_universal[i])
                 row["overlap_with_universal"] = ov if np.isfinite(ov) else None  # a zero model has none

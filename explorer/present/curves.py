@@ -57,8 +57,9 @@ def coverage_curves(res: Analysis) -> Coverage:
     def add(label: str, per_model: np.ndarray | None) -> None:
         if per_model is None:
             return
-        cov.curves[label] = per_model.mean(axis=0)
-        cov.bands[label] = (np.percentile(per_model, 5, axis=0), np.percentile(per_model, 95, axis=0))
+        # NaN rows are zero models (undefined captured energy): left out, as the metrics' notes say.
+        cov.curves[label] = np.nanmean(per_model, axis=0)
+        cov.bands[label] = (np.nanpercentile(per_model, 5, axis=0), np.nanpercentile(per_model, 95, axis=0))
 
     add("fitted (in-sample)", m.energy_one)
     folds = m.heldout.n_folds if m.heldout is not None else 0
@@ -72,10 +73,13 @@ def coverage_curves(res: Analysis) -> Coverage:
     kmax = m.energy_one.shape[1]
     cov.curves["random subspace"] = res.random_subspace()[:kmax]
     ho = m.heldout
+    # With centring the curves are shares of the centred energy, which the mean alone cannot
+    # capture at all; the mean-only level is a share of the raw energy, and is labelled so.
+    raw = "" if res.spectrum.center == "none" else ", share of raw energy"
     if ho is not None and ho.mean_kfold_captured is not None:
-        cov.levels["mean-only (k-fold)"] = float(ho.mean_kfold_captured.mean())
+        cov.levels[f"mean-only (k-fold{raw})"] = float(np.nanmean(ho.mean_kfold_captured))
     elif ho is not None and ho.mean_loo_captured is not None:
-        cov.levels["mean-only (LOO)"] = float(ho.mean_loo_captured.mean())
+        cov.levels[f"mean-only (LOO{raw})"] = float(np.nanmean(ho.mean_loo_captured))
     return cov
 
 
