@@ -7,7 +7,12 @@ Python API (the app and the CLI call the same functions)::
     res = explorer.analyze(fam, "layers.0", options=explorer.SpectralOptions(mode="out"))
     res.spectrum.k_at(0.9), res.metrics.heldout.kfold.mean(0)
     res = explorer.analyze_cached("zoo:planted", "layers.0")   # through the disk cache
+    comp = explorer.compress_family(fam, ["layers.0"], k=8)    # basis + coefficients
+    explorer.write_bundle(comp, "out/bundle")
 """
+from explorer.apply.bundle import read_bundle, write_bundle
+from explorer.apply.compression import Compression, compress_family
+from explorer.apply.newcomer import project_newcomers
 from explorer.catalog.groups import LayerGroup, build_catalog
 from explorer.catalog.views import DenseStream, FactorStream
 from explorer.core.errors import ExplorerError, InputError, OptionError
@@ -25,8 +30,8 @@ from explorer.sources.resolve import load_family, load_manifest
 from explorer.sources.upload import family_from_uploads
 
 __all__ = [
-    "Analysis", "DenseStream", "ExplorerError", "FactorStream", "Family", "InputError", "LayerGroup", "LowRank",
+    "Analysis", "Compression", "DenseStream", "ExplorerError", "FactorStream", "Family", "InputError", "LayerGroup", "LowRank",
     "Metrics", "MetricsOptions", "ModelRef", "OptionError", "Skipped", "SpectralOptions", "Spectrum", "__version__", "analyze",
-    "analyze_cached", "build_catalog", "cache_key", "decompose", "decompose_factored", "family_from_uploads",
-    "load_family", "load_manifest", "save_manifest",
+    "analyze_cached", "build_catalog", "cache_key", "compress_family", "decompose", "decompose_factored", "family_from_uploads",
+    "load_family", "load_manifest", "project_newcomers", "read_bundle", "save_manifest", "write_bundle",
 ]

@@ -12,9 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "explorer"
-# Bottom to top.  The top-level modules (cli, __init__, __main__) may import any stage.
-STAGES = ("core", "zoo", "sources", "catalog", "engine", "metrics", "pipeline", "present", "figures", "outputs")
+# Bottom to top.  The top-level modules (__init__, __main__ and the CLI package, one module per
+# family of commands) may import any stage.
+STAGES = ("core", "zoo", "sources", "catalog", "engine", "metrics", "pipeline", "apply", "present", "figures", "outputs")
 TOP_MODULES = {"explorer", "explorer.cli", "explorer.__main__"}
+CLI_PACKAGE = "explorer.cli."
 MAX_LINES = 400
 MAX_TOP_LEVEL = 6
 
@@ -66,7 +68,7 @@ EDGES = {m: _imports(m, p) for m, p in MODULES.items()}
 
 
 def test_every_module_sits_in_a_stage_or_is_one_of_the_few_top_level_ones():
-    top = sorted(m for m in MODULES if _stage(m) is None)
+    top = sorted(m for m in MODULES if _stage(m) is None and not m.startswith(CLI_PACKAGE))
     assert set(top) <= TOP_MODULES | {f"explorer.{s}" for s in STAGES}, top
     assert len([m for m in top if m not in TOP_MODULES]) <= MAX_TOP_LEVEL
 

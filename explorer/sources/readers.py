@@ -21,8 +21,9 @@ from explorer.sources import torchfile
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 WEIGHT_SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
-# Bytes per element of each safetensors dtype, to check data offsets against shapes.
-_ITEMSIZE = {
+#: Bytes per element of each safetensors dtype: data offsets are checked against shapes, and stored
+#: sizes counted, with it.
+ITEMSIZE = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }
@@ -102,7 +103,7 @@ def _header_cached(path: str, mtime_ns: int, size: int) -> dict[str, tuple[tuple
         numel = 1
         for s in shape:
             numel *= s
-        if dtype in _ITEMSIZE and numel * _ITEMSIZE[dtype] != end - begin:
+        if dtype in ITEMSIZE and numel * ITEMSIZE[dtype] != end - begin:
             raise InputError(f"{path}: tensor {_shown(name)} has {end - begin} data bytes for shape {shape} {dtype}")
         out[name] = (shape, dtype)
         if end > begin:
