@@ -4,12 +4,14 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from explorer.apply.newcomer import project_newcomers
 from explorer.core.errors import ExplorerError
 from explorer.figures import coverage_figure, embedding_figure
 from explorer.present.embedding import (
     METHODS,
     best_separating_label,
     embed,
+    embed_with_newcomers,
     explained_ratio,
 )
 from explorer.present.tables import default_group_column, metadata_table
@@ -47,6 +49,21 @@ try:
 except ExplorerError as exc:
     st.error(str(exc))
     st.stop()
+newcomers = None
+if sel.newcomer and m.coords is not None:
+    # A newcomer from the Apply page (or a share link's newcomer=SOURCE), placed on the family's axes.
+    try:
+        proj = project_newcomers(ui.load_newcomers(sel.newcomer, sel.strict), ui.load_family(sel.source, sel.strict), res)
+        placed = [e for e in proj.entries if e.coordinates.size == features.shape[1]]
+        if placed:
+            fam_pts, new_pts, how = embed_with_newcomers(features, np.stack([e.coordinates for e in placed]), method,
+                                                         dims)
+            pts, newcomers = fam_pts, (new_pts, [e.name for e in placed])
+            st.caption(f"✕ {len(placed)} newcomer(s) from {sel.newcomer}: {how}. " + " ".join(proj.notes[1:]))
+    except ExplorerError as exc:
+        st.error(str(exc))
+elif sel.newcomer:
+    st.info("Newcomers are placed by their coordinates in an out- or in-mode basis; this analysis is model-mode.")
 cols = [c for c in table.columns if c != "name"] or ["(none)"]
 # Until the user picks a column, the default is the label whose groups the points separate best.
 best = best_separating_label(pts, table) or default_group_column(table)
@@ -58,7 +75,8 @@ if method == "pca":
     r = explained_ratio(features, dims)
     titles = tuple(f"PC{i + 1} ({100 * r[i]:.1f} %)" for i in range(dims))
 fig = embedding_figure(pts, table, None if color_by == "(none)" else color_by, axis_titles=titles,
-                       title=f"{res.family} · {res.group.name} · {method.upper()} of shared-basis coordinates")
+                       title=f"{res.family} · {res.group.name} · {method.upper()} of shared-basis coordinates",
+                       newcomers=newcomers)
 event = st.plotly_chart(fig, key="emb_scatter", on_select="rerun", selection_mode=("points", "box", "lasso"))
 chosen: list[int] = []
 points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \

@@ -15,12 +15,7 @@ from ui.progress import StatusProgress
 # Atlases of at most this many (group, view) entries compute on opening; larger ones on a click.
 AUTO_ENTRIES = 12
 
-sel = ui.page_setup("Atlas", "🗺️")
-st.title("Atlas: is it universal here?")
-if sel is None:
-    if ui.no_family():
-        ui.family_guide()
-    st.stop()
+sel = ui.page_family("Atlas", "🗺️", "Atlas: is it universal here?")
 fam = ui.load_family(sel.source, sel.strict)
 catalog = ui.load_catalog(sel.source)
 offered = list(dict.fromkeys(v for g in catalog for v in views_for(fam, g)))

@@ -175,3 +175,23 @@ def test_spectrum_of_a_mistral_shape_family_by_share_link(streamlit_server, page
     assert page.locator(f"{PLOT} .bars path").count() > 0
     assert not page.locator("[data-testid='stException']").count()
     screenshot(page, "spectrum-mistral-shape")
+
+
+def test_apply_page_cold_by_its_link_compresses_and_merges(streamlit_server, page):
+    open_page(page, streamlit_server, "Apply", "source=zoo:digits-lora&layer=layers.1")
+    wait_title(page, "Reconstruction error against k")
+    wait_title(page, "Accuracy from the compressed form against k")
+    screenshot(page, "page-apply")
+    page.get_by_role("tab", name="Merge").click()
+    wait_title(page, "Every merge on every task")
+    chart = page.locator(".js-plotly-plot", has=page.locator(".gtitle", has_text="Every merge on every task")).first
+    chart.scroll_into_view_if_needed()
+    assert chart.locator(".bars path").count() > 0
+    screenshot(page, "page-apply-merge")
+
+
+def test_embedding_marks_newcomers_from_a_share_link(streamlit_server, page):
+    open_page(page, streamlit_server, "Embedding",
+              "source=zoo:digits-mlp-scratch&layer=layers.1&newcomer=zoo:digits-random-init")
+    wait_title(page, "PCA of shared-basis coordinates")
+    page.wait_for_selector(".js-plotly-plot .legend .traces >> text=newcomers", state="attached", timeout=60_000)

@@ -16,9 +16,9 @@ the modules hold one concept each:
 """
 from ui.compute import analysis, compute
 from ui.export import export_bar
-from ui.families import comparable_families, ensure_zoo, load_catalog, load_family
+from ui.families import comparable_families, ensure_zoo, load_catalog, load_family, load_newcomers
 from ui.guide import family_guide, no_family
-from ui.navigation import PAGES, open_group, page_analysis, page_setup
+from ui.navigation import PAGES, open_group, page_analysis, page_family, page_setup
 from ui.notices import skipped_warning
 from ui.sidebar import layers_in_range
 from ui.state import DEFAULTS, Selection, defaulted_widget
@@ -37,9 +37,11 @@ __all__ = [
     "layers_in_range",
     "load_catalog",
     "load_family",
+    "load_newcomers",
     "no_family",
     "open_group",
     "page_analysis",
+    "page_family",
     "page_setup",
     "skipped_warning",
 ]

@@ -10,7 +10,8 @@ import streamlit as st
 
 import explorer
 from explorer.catalog.groups import LayerGroup, build_catalog
-from explorer.core.errors import ExplorerError
+from explorer.core.errors import ExplorerError, OptionError
+from explorer.sources.policy import SOURCE_KIND_LABELS, allowed_source_kinds, source_kind
 from explorer.zoo import registry
 from ui.progress import StatusProgress, format_seconds
 from ui.state import Selection
@@ -87,3 +88,17 @@ def comparable_families(sel: Selection) -> list[str]:
         if g is not None and g.shape == mine.shape and g.kind == mine.kind:
             out.append(src)
     return out
+
+
+def load_newcomers(source: str, strict: bool = False) -> explorer.Family:
+    """The family of newcomers to project (Apply and Embedding pages), under the server's source policy.
+
+    Raises
+    ------
+    ExplorerError
+        For a source kind this server does not open, or one that cannot be read.
+    """
+    kind = source_kind(source)
+    if kind not in allowed_source_kinds():
+        raise OptionError(f"{source}: this server does not open {SOURCE_KIND_LABELS[kind].lower()} sources")
+    return load_family(source, strict)

@@ -23,6 +23,7 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("pages/3_Embedding.py", "Embedding", ":material/scatter_plot:"),
     ("pages/4_Generalization.py", "Generalization", ":material/target:"),
     ("pages/5_Atlas.py", "Atlas", ":material/map:"),
+    ("pages/6_Apply.py", "Apply", ":material/build:"),
 )
 
 
@@ -48,12 +49,10 @@ def page_setup(title: str, icon: str = "🧭") -> Selection | None:
     return sel
 
 
-def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explorer.Analysis]:
-    """The start of every view page: set-up, sidebar, heading, then the selection's analysis.
+def page_family(title: str, icon: str, heading: str) -> Selection:
+    """The start of a page that works on the whole family (Atlas, Apply): set-up, sidebar, heading.
 
-    Stops the page when there is nothing to show: after the guide (:func:`ui.guide.family_guide`)
-    while no family is chosen, after an ``st.error`` when one cannot be used; members the
-    analysis left out are named in one ``st.warning`` above the charts.
+    Stops the page after the guide while no family is chosen, or after the sidebar's error.
     """
     sel = page_setup(title, icon)
     st.title(heading)
@@ -61,6 +60,17 @@ def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explo
         if no_family():
             family_guide()
         st.stop()
+    return sel
+
+
+def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explorer.Analysis]:
+    """The start of every view page: set-up, sidebar, heading, then the selection's analysis.
+
+    Stops the page when there is nothing to show: after the guide (:func:`ui.guide.family_guide`)
+    while no family is chosen, after an ``st.error`` when one cannot be used; members the
+    analysis left out are named in one ``st.warning`` above the charts.
+    """
+    sel = page_family(title, icon, heading)
     res = analysis(sel)
     if res is None:
         st.stop()

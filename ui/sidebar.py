@@ -70,7 +70,8 @@ def sidebar() -> Selection | None:
     with sb:
         layer = _pick_layer(catalog)
         group = next(g for g in catalog if g.name == layer)
-        sel = replace(_pick_decomposition(source, layer, list(views_for(fam, group))), strict=strict)
+        sel = replace(_pick_decomposition(source, layer, list(views_for(fam, group))), strict=strict,
+                      newcomer=str(st.session_state.get("sel_newcomer") or "").strip())
     write_query(sel)
     return sel
 

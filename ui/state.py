@@ -26,6 +26,7 @@ DEFAULTS: dict[str, str] = {
     "tau": "0.9",
     "k": "8",
     "strict": "",  # off; a share link turns it on with strict=1
+    "newcomer": "",  # none; a SOURCE projected onto the family (Apply page) and marked on the Embedding page
 }
 
 
@@ -49,6 +50,8 @@ class Selection:
         Size of each model's own subspace (overlaps) and of its coordinate block.
     strict : bool
         Refuse a family with a bad member (one ``st.error``) instead of analysing the rest.
+    newcomer : str
+        A SOURCE whose models are projected onto the family's basis (empty: none).
     """
 
     source: str
@@ -59,6 +62,7 @@ class Selection:
     tau: float
     k: int = 8
     strict: bool = False
+    newcomer: str = ""
 
     @property
     def options(self) -> SpectralOptions:
@@ -73,11 +77,15 @@ class Selection:
     def query(self) -> dict[str, str]:
         """The query-string fields that reopen this selection (the keys of :data:`DEFAULTS`).
 
-        ``strict`` is written only when on, so ordinary links stay as short as before.
+        ``strict`` and ``newcomer`` are written only when set, so ordinary links stay as short as before.
         """
         q = {"source": self.source, "layer": self.layer, "view": self.view, "mode": self.mode,
              "center": self.center, "tau": f"{self.tau:g}", "k": str(self.k)}
-        return (q | {"strict": "1"}) if self.strict else q
+        if self.strict:
+            q["strict"] = "1"
+        if self.newcomer:
+            q["newcomer"] = self.newcomer
+        return q
 
 
 def init_state() -> None:

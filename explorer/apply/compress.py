@@ -12,7 +12,7 @@ nothing the mean would not.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,10 @@ class CompressedView:
         ||W_i - W^_i|| / ||W_i|| (NaN for a zero model).
     mean_errors : ndarray, shape (N,) or None
         ||W_i - mean|| / ||W_i||; None where the models' shapes differ (mixed LoRA ranks).
+    norms2 : ndarray, shape (N,)
+        ||W_i||^2.
+    residual2 : ndarray, shape (N,)
+        ||X_i - Z||^2: with the orthonormal U, ||W_i - W^_i(k)||^2 = ||X_i - Z||^2 - ||C_i[:k]||^2.
     notes : list of str
     """
 
@@ -71,6 +75,8 @@ class CompressedView:
     stored_bytes: np.ndarray
     errors: np.ndarray
     mean_errors: np.ndarray | None
+    norms2: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    residual2: np.ndarray = field(default_factory=lambda: np.zeros(0))
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -87,6 +93,25 @@ class CompressedView:
         if not 0 <= k <= self.k:
             raise OptionError(f"k = {k} is outside 0..{self.k}, the directions {self.layer} view {self.view} keeps")
         return self.basis.rebuild(self.coefficients[i][:k])
+
+    def error_curve(self) -> np.ndarray:
+        """Each model's relative error at k = 1..self.k, shape (N, k), exactly (Pythagoras in the basis).
+
+        NaN rows for zero models.
+        """
+        energy = np.stack([torch.cumsum((c * c).sum(dim=1), 0).numpy() for c in self.coefficients]) \
+            if self.coefficients else np.zeros((0, self.k))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.sqrt(np.clip(self.residual2[:, None] - energy, 0.0, None) / self.norms2[:, None])
+
+    def truncated(self, k: int) -> CompressedView:
+        """The same compression keeping only the first ``k`` directions (exact: the coefficients
+        of fewer directions are the first rows of these, and the errors follow by Pythagoras)."""
+        if not 1 <= k <= self.k:
+            raise OptionError(f"k = {k} is outside 1..{self.k}, the directions {self.layer} view {self.view} keeps")
+        errors = self.error_curve()[:, k - 1] if self.residual2.size else self.errors
+        return replace(self, k=k, tau=None, coefficients=[c[:k] for c in self.coefficients], errors=errors,
+                       notes=list(self.notes))
 
     def numbers_after(self) -> int:
         """Numbers the stored form holds: U_k, Z (when centred) and every C_i."""
@@ -165,6 +190,7 @@ def compress_view(family: Family, analysis, k: int | None = None, tau: float | N
     mean = total / n if same_shape and total is not None else None
     mm = float((mean * mean).sum()) if mean is not None else 0.0
     coefs, errors, mean_errors = [], np.zeros(n), np.full(n, np.nan)
+    norms2, residual2 = np.zeros(n), np.zeros(n)
     for i, w in model_matrices(fam, group, view):
         if progress is not None:
             progress(i, n, f"compress {group.name} {view}")
@@ -172,6 +198,10 @@ def compress_view(family: Family, analysis, k: int | None = None, tau: float | N
         r = sb.rebuild(c) - w
         ww = float((w * w).sum())
         errors[i] = _relative(float((r * r).sum()), ww)
+        x = sb.to_side(w)
+        zc = sb.centre_for(x.shape[1])
+        d = x - zc if zc is not None else x
+        norms2[i], residual2[i] = ww, float((d * d).sum())
         if mean is not None:
             mean_errors[i] = _relative(ww - 2 * float((w * mean).sum()) + mm, ww)
         coefs.append(c.contiguous())
@@ -181,4 +211,5 @@ def compress_view(family: Family, analysis, k: int | None = None, tau: float | N
     if (zero := np.flatnonzero(~np.isfinite(errors))).size:
         notes.append(f"{zero.size} model(s) are zero (e.g. {analysis.models[int(zero[0])]!r}): no relative error")
     return CompressedView(sb, kk, None if k is not None else float(tau), tuple(analysis.models), coefs,
-                          _stored_bytes(fam, group, view), errors, mean_errors if same_shape else None, notes)
+                          _stored_bytes(fam, group, view), errors, mean_errors if same_shape else None,
+                          norms2, residual2, notes)

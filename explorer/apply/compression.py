@@ -17,7 +17,7 @@ mean_only_errors, error_mean, mean_only_error_mean}), skipped, notes}``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -85,6 +85,19 @@ class Compression:
                 return e
         raise OptionError(f"{layer} view {view} was not compressed here")
 
+    def truncated(self, k: int, family: Family) -> Compression:
+        """The same compression at k directions per (group, view) (fewer where one keeps fewer),
+        the LoRA update errors recomputed from ``family``'s factors."""
+        entries = [e.truncated(min(k, e.k)) for e in self.entries]
+        updates, notes = [], [n for n in self.notes if "mean-update baseline" not in n]
+        for u in self.updates:
+            a = next(e for e in entries if e.layer == u.layer and e.view == "A")
+            b = next(e for e in entries if e.layer == u.layer and e.view == "B")
+            new, more = update_errors(family, a, b)
+            updates.append(new)
+            notes.extend(more)
+        return replace(self, entries=entries, updates=updates, notes=notes)
+
     def to_json(self) -> dict[str, Any]:
         after = self.bytes_after
         return {"schema": COMPRESS_SCHEMA, "family": self.family, "source": self.source, "dtype": self.dtype,
@@ -136,28 +149,32 @@ def update_errors(family: Family, a: CompressedView, b: CompressedView) -> tuple
     r = max((int(family.headers[n][group.tensor].shape[0]) for n in names), default=0)
     with_mean = len(names) * m_ * n_ * r <= MEAN_UPDATE_FLOPS
     errors = np.zeros(len(names))
-    total = torch.zeros(m_, n_, dtype=torch.float64) if with_mean else None
-    kept = []
+    kept_a, kept_b, norms2 = [], [], []
     for j, name in enumerate(names):
         ref = by_name[name]
         s = family.lora_scale(ref, group.name)
         a0 = family.tensor(ref, group.tensor).double()
         b0 = family.tensor(ref, group.b_tensor).double()
         a1, b1 = a.rebuild(ia[name]), b.rebuild(ib[name])
-        btb, aat = b0.T @ b0, a0 @ a0.T
-        xx = float((btb * aat).sum())
+        xx = float(((b0.T @ b0) * (a0 @ a0.T)).sum())
         cross = float(((b0.T @ b1) * (a0 @ a1.T)).sum())
         yy = float(((b1.T @ b1) * (a1 @ a1.T)).sum())
         errors[j] = float(np.sqrt(max(xx - 2 * cross + yy, 0.0) / xx)) if xx > 0 else float("nan")
         if with_mean:
-            total += s * (b0 @ a0)
-            kept.append((s, a0, b0, xx * s * s))
+            kept_a.append(a0)
+            kept_b.append(s * b0)
+            norms2.append(xx * s * s)
     notes, mean_errors = [], None
     if with_mean and names:
-        mu = total / len(names)
+        # Stacked factors: the mean update in one product, each <s B A, mu> from one more.
+        bs, as_ = torch.cat(kept_b, dim=1), torch.cat(kept_a, dim=0)       # (m, sum r), (sum r, n)
+        mu = (bs @ as_) / len(names)
         mm = float((mu * mu).sum())
-        mean_errors = np.array([float(np.sqrt(max(xx - 2 * s * float(((b0.T @ mu) * a0).sum()) + mm, 0.0) / xx))
-                                if xx > 0 else float("nan") for s, a0, b0, xx in kept])
+        rows = ((bs.T @ mu) * as_).sum(dim=1)                               # (sum r,)
+        inner = torch.stack([c.sum() for c in torch.split(rows, [t.shape[0] for t in kept_a])]).numpy()
+        xx = np.array(norms2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_errors = np.where(xx > 0, np.sqrt(np.clip(xx - 2 * inner + mm, 0.0, None) / xx), np.nan)
     elif names:
         notes.append(f"{group.name}: the mean-update baseline was skipped ({len(names)} updates of {m_}x{n_} "
                      f"at rank {r} exceed {MEAN_UPDATE_FLOPS:.0e} multiply-adds); the A and B views' mean-only "

@@ -13,6 +13,10 @@ from explorer.apply.basis import APPLY_VIEWS
 from explorer.apply.bundle import write_bundle
 from explorer.apply.compress import STORE_DTYPES
 from explorer.apply.compression import compress_family
+from explorer.apply.merge import merge_family
+from explorer.apply.merge_eval import merge_accuracy, merge_summary
+from explorer.apply.merge_export import write_merged
+from explorer.apply.merge_rules import MERGE_METHODS, MergeOptions
 from explorer.apply.newcomer import project_newcomers
 from explorer.apply.peft_export import write_peft_adapters
 from explorer.catalog.views import VIEWS
@@ -24,6 +28,7 @@ from explorer.engine.options import CENTERS, MODES, SpectralOptions
 from explorer.metrics.results import MetricsOptions
 from explorer.pipeline.analyze import analyze, analyze_cached
 from explorer.pipeline.cache import ResultCache
+from explorer.zoo.evaluators import evaluator_for
 
 FORMATS = ("bundle", "peft")
 
@@ -70,7 +75,26 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
     p.add_argument("--json", dest="json_file", metavar="FILE", help="write the result (subspace-explorer/project/1)")
     add_family_args(p)
     add_cache_args(p)
-    return {"compress": _cmd_compress, "project": _cmd_project}
+
+    g = sub.add_parser("merge", parents=[common], help="merge chosen models: subspace, task arithmetic, TIES or the mean")
+    g.add_argument("source", metavar="SOURCE")
+    g.add_argument("--layer", action="append", metavar="GROUP", help="layer group, repeatable (default: every group)")
+    g.add_argument("--method", required=True, choices=MERGE_METHODS)
+    g.add_argument("--models", default=None, help="models to merge, comma-separated (default: every model)")
+    g.add_argument("--k", type=int, default=None, help="subspace rule: directions kept (default k(0.9) per group)")
+    g.add_argument("--lam", type=float, default=None,
+                   help="scale lambda of task arithmetic (default 0.3) and TIES (default 1)")
+    g.add_argument("--density", type=float, default=0.2, help="TIES: share of each task vector kept (default 0.2)")
+    g.add_argument("--center", nargs="?", const="model", default="none", choices=CENTERS,
+                   help="centring of the subspace rule's basis")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: merged.safetensors (dense) or a PEFT adapter (LoRA), and merge.json")
+    g.add_argument("--json", dest="json_file", metavar="FILE", help="write the summary (subspace-explorer/merge/1)")
+    g.add_argument("--device", default="auto", choices=DEVICES)
+    g.add_argument("--dtype", default="float64", choices=list(DTYPES))
+    add_family_args(g)
+    add_cache_args(g)
+    return {"compress": _cmd_compress, "project": _cmd_project, "merge": _cmd_merge}
 
 
 def _fmt(x, f: str) -> str:
@@ -143,3 +167,45 @@ def _cmd_project(args, progress) -> int:
     for note in proj.notes:
         print(f"note: {note}")
     return 0
+
+
+def _cmd_merge(args, progress) -> int:
+    fam = load(args, progress)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    spectral = SpectralOptions(center=args.center, dtype=args.dtype, device=args.device)
+    cache = ResultCache(tempfile.mkdtemp(prefix="explorer-merge-")) if args.no_cache else cache_of(args)
+
+    def run(method: str):
+        opts = MergeOptions(method=method, k=args.k, lam=args.lam, density=args.density)
+        return merge_family(fam, models, args.layer, opts, spectral, cache, args.strict)
+
+    merged = run(args.method)
+    # On the zoo, every rule on the same models: the paper's claim and the critics' control side by side.
+    others = [run(m) if m != args.method else merged for m in MERGE_METHODS] if _has_accuracy(fam) else [merged]
+    table, notes = merge_accuracy(fam.source, others)
+    doc = merged.to_json()
+    doc["accuracy"] = None if table is None else table.to_dict(orient="records")
+    doc["notes"] = list(doc["notes"]) + notes
+    write_merged(merged, fam, args.out, doc)
+    n_skipped = report_skipped([merged.skipped], progress)
+    if args.json_file:
+        atomic_write_bytes(Path(args.json_file), json.dumps(doc, indent=2, allow_nan=False).encode())
+    print(f"{merged.family}: {len(merged.models)} models merged by {args.method} in {len(merged.groups)} layer "
+          f"group(s); wrote {args.out}" + (f"; skipped={n_skipped} (see stderr)" if n_skipped else ""))
+    print(f"rule: {merged.options.rule()}")
+    for gj in doc["groups"]:
+        print(f"  {gj['layer']:<36} {gj['view']:>5}  norm {gj['norm']:.4g}" + (f"  k={gj['k']}" if gj["k"] else ""))
+    if table is not None:
+        print(f"{'accuracy over ' + str(table['task'].nunique()) + ' tasks':<40} {'mean':>7} {'normalized':>10}")
+        for _, r in merge_summary(table).iterrows():
+            mark = " <-" if r["model"] == args.method else ""
+            print(f"  {r['model']:<38} {r['accuracy']:>7.4f} {r['normalized']:>10.4f}{mark}")
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def _has_accuracy(fam) -> bool:
+    """Whether the family has an evaluator that scores other weights on every task (the digits zoo)."""
+    ev = evaluator_for(fam.source)
+    return ev is not None and ev.cross_task

@@ -3,6 +3,7 @@
 Builders never compute decompositions; they only lay out what the engine produced, so they are
 tested without Streamlit by reading the figure's data back.
 """
+from explorer.figures.apply import coefficients_figure, compression_figure, merge_figure, newcomer_figure
 from explorer.figures.embedding import embedding_figure
 from explorer.figures.generalization import accuracy_figure, coverage_figure, stability_figure
 from explorer.figures.overlap import (
@@ -18,7 +19,8 @@ from explorer.figures.spectrum import (
 from explorer.figures.style import PALETTE, TEMPLATE
 
 __all__ = [
-    "PALETTE", "TEMPLATE", "accuracy_figure", "angle_distribution_figure", "coverage_figure",
-    "cumulative_overlay_figure", "embedding_figure", "layer_heatmap_figure", "overlap_heatmap_figure",
+    "PALETTE", "TEMPLATE", "accuracy_figure", "angle_distribution_figure", "coefficients_figure", "compression_figure", "coverage_figure",
+    "cumulative_overlay_figure", "embedding_figure", "layer_heatmap_figure", "merge_figure", "newcomer_figure",
+    "overlap_heatmap_figure",
     "scree_figure", "stability_figure", "universal_overlap_figure",
 ]

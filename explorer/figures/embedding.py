@@ -22,6 +22,7 @@ def embedding_figure(
     *,
     title: str = "Models in the shared basis",
     axis_titles: Sequence[str] = ("axis 1", "axis 2", "axis 3"),
+    newcomers: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> go.Figure:
     """Scatter of models (2-D or 3-D), one trace per value of ``color_by`` (many numbers: a colour scale).
 
@@ -34,6 +35,9 @@ def embedding_figure(
         Column of ``table`` to colour by.  It is coloured as categories when
         :func:`explorer.present.tables.is_categorical` says so (text, or at most
         ``MAX_CATEGORIES`` distinct numbers), else on a continuous scale.
+    newcomers : (ndarray (M, dims), names), optional
+        Models projected onto the family's basis (:mod:`explorer.apply.newcomer`): one trace
+        ``"newcomers"`` of black crosses, not selectable as family members (no ``customdata``).
 
     Returns
     -------
@@ -73,6 +77,14 @@ def embedding_figure(
                                     colorbar=dict(title=color_by), showscale=True))
     else:
         add(idx, "models", dict(size=size, color=PALETTE[0]))
+    if newcomers is not None and len(newcomers[1]):
+        pts = np.asarray(newcomers[0], dtype=float)
+        kw = dict(x=pts[:, 0], y=pts[:, 1], mode="markers", name="newcomers",
+                  marker=dict(size=size + 6, color="#000000", symbol="x"),
+                  text=[f"<b>{n}</b> (newcomer)" for n in newcomers[1]], hovertemplate="%{text}<extra></extra>")
+        if dims == 3:
+            kw["z"] = pts[:, 2]
+        fig.add_trace(trace(**kw))
     axes = {"xaxis": dict(title=axis_titles[0]), "yaxis": dict(title=axis_titles[1])}
     if dims == 3:
         fig.update_layout(scene=dict(xaxis_title=axis_titles[0], yaxis_title=axis_titles[1], zaxis_title=axis_titles[2]),

@@ -64,6 +64,7 @@ def accuracy_figure(
     original: Mapping[str, float] | None = None,
     chance: float | None = None,
     heldout: Mapping[str, np.ndarray] | None = None,
+    levels: Mapping[str, float] | None = None,
     title: str = "Accuracy of models projected onto k shared components",
 ) -> go.Figure:
     """Test accuracy against k, one line per task group, with the unprojected accuracy as reference.
@@ -79,6 +80,8 @@ def accuracy_figure(
     heldout : mapping group -> ndarray (K,), optional
         The same with each model projected onto a basis fitted without its fold: a dashed line
         of the group's colour, named ``"<group> (held-out basis)"``.
+    levels : mapping label -> float, optional
+        Horizontal reference levels (e.g. ``mean-only``: every model given the family's mean layer).
 
     Returns
     -------
@@ -100,6 +103,9 @@ def accuracy_figure(
             fig.add_hline(y=original[g], line=dict(color=color(i), dash="dot", width=1))
     if chance is not None:
         fig.add_hline(y=chance, line=dict(color=NULL_COLOR, dash="dash"), annotation_text=f"chance {chance:.2f}")
+    for j, (label, v) in enumerate((levels or {}).items()):
+        fig.add_hline(y=v, line=dict(color=color(j + 5), dash="dot"), annotation_text=f"{label}: {v:.3f}",
+                      annotation_position="bottom left")
     ks = np.asarray(ks)
     return base_layout(fig, title, xaxis=dict(title="k (components kept)", type="log", tickmode="array",
                                               tickvals=ks, ticktext=[str(int(k)) for k in ks]),

@@ -1,8 +1,11 @@
-"""Downloads every page offers: figures as HTML, tables as CSV, basis and coordinates as safetensors."""
+"""Downloads every page offers: figures as HTML, tables as CSV, basis and coordinates as safetensors,
+folders (bundles, adapters, merges) as zip archives."""
 from __future__ import annotations
 
 import io
 import json
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,3 +54,15 @@ def basis_safetensors(res: Analysis) -> bytes:
         "engine_version": str(res.engine_version),
     }
     return save(basis_tensors(res), metadata=meta)
+
+
+def zip_folder(folder: str | Path) -> bytes:
+    """Every file under ``folder`` as a zip archive (paths relative to the folder's parent, so it
+    unpacks into a folder of the same name): the Apply page's bundle, adapters and merges."""
+    folder = Path(folder)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder.parent).as_posix())
+    return buf.getvalue()

@@ -66,6 +66,44 @@ def _pca(x: np.ndarray, dims: int) -> np.ndarray:
     return scores
 
 
+def embed_with_newcomers(x: np.ndarray, x_new: np.ndarray, method: str = "pca", dims: int = 2,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Embed a family and place newcomers in the same picture.
+
+    PCA is fitted on the family alone and the newcomers are placed on its axes (the family's points
+    are exactly :func:`embed`'s); UMAP and t-SNE cannot place points on a fitted map without
+    moving it, so the family and the newcomers are embedded together (said in the note).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, p)
+    x_new : ndarray, shape (M, p)
+
+    Returns
+    -------
+    family_points : ndarray (N, dims)
+    newcomer_points : ndarray (M, dims)
+    note : str
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x_new = np.asarray(x_new, dtype=np.float64).reshape(-1, x.shape[1])
+    if method != "pca":
+        both = embed(np.vstack([x, x_new]), method, dims, seed)
+        return both[: len(x)], both[len(x):], (f"{method.upper()} was run on the family and the newcomers together "
+                                                "(it cannot place new points on a fitted map)")
+    pts = _pca(x, dims)
+    mu = x.mean(axis=0, keepdims=True)
+    _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
+    k = min(dims, len(s))
+    raw = (x - mu) @ vt[:k].T
+    # _pca's scores are u s (= raw) with sign_fix's flips: apply the same flips to the newcomers.
+    flips = np.where(np.sum(raw * pts[:, :k], axis=0) < 0, -1.0, 1.0)
+    new = ((x_new - mu) @ vt[:k].T) * flips
+    if k < dims:
+        new = np.hstack([new, np.zeros((new.shape[0], dims - k))])
+    return pts, new, "newcomers placed on the family's PCA axes (not refitted)"
+
+
 def explained_ratio(x: np.ndarray, dims: int) -> np.ndarray:
     """Share of the coordinates' variance on each of the top ``dims`` PCA axes, shape (dims,)."""
     xc = np.asarray(x, dtype=np.float64) - np.asarray(x).mean(axis=0, keepdims=True)

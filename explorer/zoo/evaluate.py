@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -136,6 +137,38 @@ class Evaluator(ABC):
     def accuracy(self, model: str, weights: Mapping[str, torch.Tensor] | None = None) -> float:
         """Test accuracy of one model on its task, with ``weights`` replacing stored tensors."""
         return self.accuracies({model: dict(weights or {})}, [model])[model]
+
+    #: Whether :meth:`state_accuracies` evaluates any weights on any task (the digits MLPs share
+    #: one architecture and label space; MiniLM's heads are per task).
+    cross_task = True
+
+    def task_of(self, model: str) -> str:
+        """The task ``model`` was trained on."""
+        self._check(model)
+        return self._task[model]
+
+    def model_state(self, model: str) -> dict[str, torch.Tensor]:
+        """The effective ``layers.{i}.weight`` / ``.bias`` tensors ``model`` computes with."""
+        return self._effective(model, {})
+
+    def base_state(self) -> dict[str, torch.Tensor] | None:
+        """The base model's tensors, or None for a family without one (trained from scratch)."""
+        return dict(self.base) if (self.folder / "base" / "model.safetensors").is_file() else None
+
+    def state_accuracies(self, states: Sequence[Mapping[str, torch.Tensor]], tasks: Sequence[str]) -> np.ndarray:
+        """Test accuracy of each effective state on each task, shape (len(states), len(tasks)).
+
+        ``states``: full ``layers.{i}.weight`` / ``.bias`` dicts (e.g. a merged model's); one batched
+        forward pass over every (state, task) pair.
+        """
+        if not states or not tasks:
+            return np.zeros((len(states), len(tasks)))
+        pairs = [(s, t) for s in states for t in tasks]
+        with single_threaded():
+            data = dd.stack_tasks([t for _, t in pairs], test_only=True)
+            stack = tr.MLPStack.from_state_dicts([{k: v.float() for k, v in s.items()} for s, _ in pairs])
+            acc = tr.accuracy(stack.weights, stack.biases, data)
+        return np.asarray(acc, dtype=np.float64).reshape(len(states), len(tasks))
 
 
 def _checked(name: str, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from explorer.core.errors import OptionError
 from explorer.zoo import text_tasks as tt
 from explorer.zoo.evaluate import LoraEvaluator, Replacements
 from explorer.zoo.minilm import MiniLMClassifier, accuracy, load_base
@@ -28,6 +29,12 @@ class MiniLMEvaluator(LoraEvaluator):
         self._model: MiniLMClassifier | None = None
         self._tok = None
         self._tests: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    cross_task = False  # each adapter carries its own task's classifier head
+
+    def state_accuracies(self, states, tasks):
+        raise OptionError("zoo:minilm-lora evaluates each adapter with its own task's classifier head; "
+                          "accuracy of other weights on every task is available for the digits families")
 
     def _head(self, model: str) -> dict[str, torch.Tensor]:
         _, tensors = read_adapter(self.folder / "models" / model)

@@ -163,7 +163,7 @@ def _batches(seeds: Sequence[int], n_train: torch.Tensor, steps: int, batch: int
     return torch.stack(rows)
 
 
-def _fit(
+def fit_params(
     params: list[torch.Tensor],
     logits_of: Callable[[torch.Tensor], torch.Tensor],
     data: StackedData,
@@ -207,7 +207,7 @@ def train_dense(
     """Train every weight and bias of M models with Adam; returns a new stack (the input is kept)."""
     ws = [w.detach().clone().requires_grad_(True) for w in stack.weights]
     bs = [b.detach().clone().requires_grad_(True) for b in stack.biases]
-    _fit(ws + bs, lambda x: forward(ws, bs, x), data, seeds, steps, lr, batch, progress, label)
+    fit_params(ws + bs, lambda x: forward(ws, bs, x), data, seeds, steps, lr, batch, progress, label)
     return MLPStack([w.detach() for w in ws], [b.detach() for b in bs])
 
 
@@ -286,5 +286,5 @@ def train_lora(
     a = [t.detach().clone().requires_grad_(True) for t in lora.a]
     b = [t.detach().clone().requires_grad_(True) for t in lora.b]
     out = LoraStack(a, b, lora.scale, lora.ranks)
-    _fit(a + b, lambda x: forward_lora(base, out, x), data, seeds, steps, lr, batch, progress, label)
+    fit_params(a + b, lambda x: forward_lora(base, out, x), data, seeds, steps, lr, batch, progress, label)
     return LoraStack([t.detach() for t in a], [t.detach() for t in b], lora.scale, lora.ranks)
