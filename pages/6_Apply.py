@@ -22,7 +22,13 @@ from explorer.core.errors import ExplorerError
 from explorer.engine.options import SpectralOptions
 from explorer.figures import accuracy_figure, coefficients_figure, compression_figure, merge_figure, newcomer_figure
 from explorer.outputs.export import zip_folder
-from explorer.present.apply import compression_table, default_merge_models, merge_pivot, newcomer_table
+from explorer.present.apply import (
+    accuracy_by_group,
+    compression_table,
+    default_merge_models,
+    merge_pivot,
+    newcomer_table,
+)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -85,7 +91,8 @@ with tab_c:
         full = None
     if full is not None:
         k_max = max(e.k for e in full.entries)
-        k = st.slider("k (directions kept per view)", 1, k_max, min(16, k_max), key="apply_k")
+        # One direction (a layer with a dimension of 1) leaves nothing to pick, and a slider from 1 to 1 is an error.
+        k = st.slider("k (directions kept per view)", 1, k_max, min(16, k_max), key="apply_k") if k_max > 1 else 1
         comp = full.truncated(k, fam)
         ui.skipped_warning(comp.skipped)
         c1, c2, c3, c4 = st.columns(4)
@@ -107,13 +114,14 @@ with tab_c:
         acc = accuracy_of(sel.source, sel.layer, views, sel.center, sel.strict, ks)
         if acc is not None:
             curve, mean_only = acc
-            afig = accuracy_figure(np.array(ks), {"compressed": curve.groupby("k")["accuracy"].mean().to_numpy()},
-                                   original={"compressed": float(mean_only["stored_accuracy"].mean())},
-                                   levels={"mean only": float(mean_only["accuracy"].mean())},
+            by_group, stored = accuracy_by_group(curve, fam.metadata)
+            afig = accuracy_figure(np.array(ks), by_group, original=stored,
+                                   levels={"mean only (all models)": float(mean_only["accuracy"].mean())},
                                    title="Accuracy from the compressed form against k")
             st.plotly_chart(afig, key="apply_compress_acc")
-            st.caption("Each model's layer rebuilt from k directions and put back; dotted line of the same colour: "
-                       "the models as stored; the 'mean only' level: every model given the family's mean layer.")
+            st.caption("Each model's layer rebuilt from k directions and put back, on its own task (one line per "
+                       "task group); dotted lines of the same colour: the models as stored; the 'mean only' level: "
+                       "every model given the family's mean layer.")
             figs["accuracy"], tables["accuracy"] = afig, curve
         d1, d2 = st.columns(2)
         with d1:
@@ -134,7 +142,9 @@ with tab_p:
     choice = st.selectbox("Newcomers", [""] + offered, format_func=lambda s: s or "(type a source below)",
                           key="apply_new_pick")
     typed = st.text_input("…or any SOURCE (folder, file, hf:ORG/REPO)", "", key="apply_new_typed").strip()
-    new_source = typed or choice
+    with st.expander("…or upload the newcomers"):
+        uploaded = ui.upload_picker("apply_new_upload", "Weight files, adapter folders as .zip")
+    new_source = typed or uploaded or choice
     if new_source:
         try:
             res = ui.compute(sel)
@@ -166,7 +176,7 @@ with tab_m:
     c1, c2, c3, c4 = st.columns(4)
     only = c1.toggle(f"only {sel.layer}", False, key="apply_merge_only",
                      help="Merge this layer group alone (the others keep the base's); off: every layer group.")
-    mk = c2.number_input("k (subspace; 0: k(0.9))", 0, 256, 8, key="apply_merge_k")
+    mk = c2.number_input("k (subspace; 0: k(0.9))", 0, 256, 0, key="apply_merge_k")
     lam = c3.number_input("λ (0: 0.3 for TA, 1 for TIES)", 0.0, 10.0, 0.0, 0.05, key="apply_merge_lam")
     density = c4.slider("TIES density", 0.05, 1.0, 0.2, 0.05, key="apply_merge_density")
     if len(chosen) >= 1:

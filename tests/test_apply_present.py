@@ -98,3 +98,14 @@ def test_coefficients_figure_holds_the_table():
     c = trace(fig, "coefficients (basis frozen)")
     assert list(c["x"]) == [24, 96] and list(c["y"]) == pytest.approx([0.6, 0.8])
     assert list(trace(fig, "full LoRA")["y"]) == pytest.approx([0.9])
+
+
+def test_accuracy_by_group():
+    from explorer.present.apply import accuracy_by_group
+
+    curve = pd.DataFrame({"model": ["a", "b", "a", "b"], "k": [1, 1, 2, 2], "accuracy": [0.1, 0.3, 0.5, 0.7],
+                          "stored_accuracy": [0.9, 0.8, 0.9, 0.8]})
+    by, stored = accuracy_by_group(curve, pd.DataFrame({"name": ["a", "b"], "task_group": ["x", "y"]}))
+    assert list(by["x"]) == [0.1, 0.5] and stored == {"x": 0.9, "y": 0.8}
+    by, stored = accuracy_by_group(curve, pd.DataFrame({"name": ["a", "b"]}))
+    assert list(by["all models"]) == pytest.approx([0.2, 0.6]) and stored["all models"] == pytest.approx(0.85)

@@ -21,6 +21,7 @@ from ui.guide import family_guide, no_family
 from ui.navigation import PAGES, open_group, page_analysis, page_family, page_setup
 from ui.notices import skipped_warning
 from ui.sidebar import layers_in_range
+from ui.source_picker import upload_picker
 from ui.state import DEFAULTS, Selection, defaulted_widget
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "page_family",
     "page_setup",
     "skipped_warning",
+    "upload_picker",
 ]

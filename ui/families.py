@@ -11,30 +11,43 @@ import streamlit as st
 import explorer
 from explorer.catalog.groups import LayerGroup, build_catalog
 from explorer.core.errors import ExplorerError, OptionError
-from explorer.sources.policy import SOURCE_KIND_LABELS, allowed_source_kinds, source_kind
+from explorer.core.paths import zoo_root
+from explorer.sources import upload as uploads
+from explorer.sources.policy import SOURCE_KIND_LABELS, allowed_source_kinds, server_mode, source_kind
 from explorer.zoo import registry
 from ui.progress import StatusProgress, format_seconds
+from ui.source_picker import session_uploads
 from ui.state import Selection
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
 def load_family(source: str, strict: bool = False) -> explorer.Family:
     """The family for a SOURCE string, shared by all sessions (it holds no tensor data).
 
     ``strict`` is an argument (so part of the cache key): a family cached without it must not
-    be served to a session that asked to refuse families with bad members.
+    be served to a session that asked to refuse families with bad members.  A ``zoo:NAME`` is
+    keyed by the zoo folder too: the same name under another cache root (``EXPLORER_CACHE_DIR``
+    changed in the same process) is another family, whose files are elsewhere.
 
     Raises
     ------
     ExplorerError
         For a source that cannot be read; with ``strict``, for a family with a bad member.
     """
+    return _load_family(source, strict, str(zoo_root()) if source.startswith("zoo:") else "")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _load_family(source: str, strict: bool, zoo_folder: str) -> explorer.Family:
     return explorer.load_family(source, strict=strict)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
 def load_catalog(source: str) -> list[LayerGroup]:
     """Every layer group of the family (from headers only)."""
+    return _load_catalog(source, str(zoo_root()) if source.startswith("zoo:") else "")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _load_catalog(source: str, zoo_folder: str) -> list[LayerGroup]:
     return build_catalog(load_family(source))
 
 
@@ -98,7 +111,10 @@ def load_newcomers(source: str, strict: bool = False) -> explorer.Family:
     ExplorerError
         For a source kind this server does not open, or one that cannot be read.
     """
-    kind = source_kind(source)
-    if kind not in allowed_source_kinds():
+    own = uploads.upload_folder(source) is not None
+    if own:  # an upload: only this session's own (server mode), like the sidebar's
+        if server_mode():
+            uploads.check_upload_access(source, session_uploads())
+    elif (kind := source_kind(source)) not in allowed_source_kinds():
         raise OptionError(f"{source}: this server does not open {SOURCE_KIND_LABELS[kind].lower()} sources")
     return load_family(source, strict)

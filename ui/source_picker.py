@@ -81,32 +81,42 @@ def _own_uploads_only(source: str) -> str:
 
 
 def _pick_upload() -> str:
-    """The upload picker; the uploaded family is written once per distinct set of files."""
-    files = st.file_uploader("Weight files, adapter folders as .zip, metadata.csv", accept_multiple_files=True,
-                             key="w_upload")
+    """The sidebar's upload picker (the family)."""
+    return upload_picker("w_upload", "Weight files, adapter folders as .zip, metadata.csv")
+
+
+def upload_picker(key: str, label: str) -> str:
+    """An upload picker; return the uploaded family's SOURCE ("" before an upload or after a refusal).
+
+    The uploaded family is written once per distinct set of files; the folder counts against this
+    session's uploads (and is one it may open in server mode).  Used for the family (sidebar) and
+    for newcomers (the Apply page), each under its own widget ``key``.
+    """
+    files = st.file_uploader(label, accept_multiple_files=True, key=key)
+    sig_key, src_key, err_key = f"_{key}_sig", f"_{key}_source", f"_{key}_error"
     if not files:
-        return st.session_state.get("_upload_source", "")
+        return st.session_state.get(src_key, "")
     # Streamlit hands the same files back on every rerun; only a new set is unpacked again.  Each
     # upload has its own file_id (a fixed file uploaded again under the same name and size too),
     # and the library names the folder by content hash.  The strict toggle is drawn below this
     # picker, but its on_change has already updated sel_strict.
     strict = bool(st.session_state.get("sel_strict"))
     sig = (tuple(getattr(f, "file_id", None) or (f.name, f.size) for f in files), strict)
-    if st.session_state.get("_upload_sig") != sig:
+    if st.session_state.get(sig_key) != sig:
         mine = session_uploads()
         try:
             # The files are passed as file objects: the library streams them to disk in chunks.
             fam = uploads.family_from_uploads([(f.name, f) for f in files], strict=strict, session_dirs=mine)
         except ExplorerError as exc:  # refused once: the same files are not unpacked again on reruns
-            st.session_state["_upload_sig"], st.session_state["_upload_source"] = sig, ""
-            st.session_state["_upload_error"] = str(exc)
+            st.session_state[sig_key], st.session_state[src_key] = sig, ""
+            st.session_state[err_key] = str(exc)
         else:
             folder = uploads.upload_folder(fam.source)
             if folder is not None and str(folder) not in mine:
                 st.session_state[UPLOADS_KEY] = [*mine, str(folder)]
-            st.session_state["_upload_sig"], st.session_state["_upload_source"] = sig, fam.source
-            st.session_state["_upload_error"] = ""
-    if st.session_state.get("_upload_error"):
-        st.error(st.session_state["_upload_error"])
+            st.session_state[sig_key], st.session_state[src_key] = sig, fam.source
+            st.session_state[err_key] = ""
+    if st.session_state.get(err_key):
+        st.error(st.session_state[err_key])
         return ""
-    return st.session_state["_upload_source"]
+    return st.session_state[src_key]

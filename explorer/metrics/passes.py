@@ -37,6 +37,7 @@ from explorer.core.timing import stage
 from explorer.core.topk import refit_basis
 from explorer.metrics import angles, baselines, heldout, null_spec, permutation, subsample
 from explorer.metrics.model_mode import LOO_FLOPS, model_mode_metrics, set_null
+from explorer.metrics.moments import ModelMoments
 from explorer.metrics.results import (
     Groups,
     HeldOut,
@@ -297,6 +298,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     if do_loo:
         res.heldout = res.heldout or HeldOut()
         res.heldout.loo, res.heldout.mean_loo_captured, res.heldout.mean_loo_error = out["loo"], mean["lc"], mean["le"]
+    moments = None  # each model's Gram, built once for the permutations and the subsamples
     if gparts is not None:
         gb = []
         with stage("group bases"):
@@ -307,14 +309,15 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
                             vs_universal=angles.overlap_matrix(gb, [ub])[:, 0])
         if keep_stack and permutation.affordable(n, d, mopts.max_memory_mb * 2**20 // 8):
             with stage("group permutations"):
-                sides = [t.reshape(d, e) for t in stack]
-                res.groups.permuted = permutation.permuted_group_overlaps(sides, sums.groups, len(group_names), ka,
+                moments = moments or ModelMoments.of([t.reshape(d, e) for t in stack])
+                res.groups.permuted = permutation.permuted_group_overlaps(moments, sums.groups, len(group_names), ka,
                                                                           center, seed=mopts.seed)
         else:
             notes.append(f"group permutation test skipped: relabelling needs every model's {d}x{d} Gram in memory")
     if keep_stack and n >= 4 and permutation.affordable(n, d, mopts.max_memory_mb * 2**20 // 8):
         with stage("subsampling"):
-            res.stability = subsample.stability([t.reshape(d, e) for t in stack], center, ka, 256, mopts.seed)
+            moments = moments or ModelMoments.of([t.reshape(d, e) for t in stack])
+            res.stability = subsample.stability(moments, center, ka, 256, mopts.seed)
     elif n >= 4:
         notes.append(f"k(τ) against N and the scree's confidence band skipped: subsampling needs every model's "
                      f"{d}x{d} Gram in memory")

@@ -16,6 +16,7 @@ import torch
 
 from explorer.core.linalg import centered_gram, eigh_top
 from explorer.metrics import angles
+from explorer.metrics.moments import ModelMoments, as_moments
 
 # Relabellings drawn: p-values down to 1/100.
 PERMUTATIONS = 99
@@ -26,7 +27,7 @@ def affordable(n: int, d: int, budget_bytes: int) -> bool:
     return n * d * d * 8 <= budget_bytes
 
 
-def permuted_group_overlaps(sides: Sequence[torch.Tensor], groups: np.ndarray, n_groups: int, k: int, center: str,
+def permuted_group_overlaps(sides: ModelMoments | Sequence[torch.Tensor], groups: np.ndarray, n_groups: int, k: int, center: str,
                             permutations: int = PERMUTATIONS, seed: int = 0) -> np.ndarray:
     """Group x group overlaps of bases refitted after relabelling the models at random.
 
@@ -47,16 +48,14 @@ def permuted_group_overlaps(sides: Sequence[torch.Tensor], groups: np.ndarray, n
     ndarray, shape (permutations, G, G)
     """
     inside = np.flatnonzero(groups >= 0)
-    x = [sides[i].double() for i in inside]
-    grams = torch.stack([xi @ xi.T for xi in x]).reshape(len(x), -1)          # (N, d^2)
-    sums = torch.stack([xi for xi in x]).reshape(len(x), -1)                  # (N, d e)
-    d, e = x[0].shape
+    mom = as_moments(sides).rows(inside)
+    grams, sums, d, e = mom.grams, mom.sums, mom.d, mom.e                   # (N, d^2), (N, d e)
     rng = np.random.default_rng([seed, 7])
     out = np.empty((permutations, n_groups, n_groups))
     for p in range(permutations):
         labels = rng.permutation(groups[inside])
-        onehot = torch.zeros(n_groups, len(x), dtype=torch.float64)
-        onehot[torch.from_numpy(labels), torch.arange(len(x))] = 1.0
+        onehot = torch.zeros(n_groups, len(mom), dtype=torch.float64)
+        onehot[torch.from_numpy(labels), torch.arange(len(mom))] = 1.0
         g_all, s_all, counts = onehot @ grams, onehot @ sums, onehot.sum(dim=1)
         bases = [eigh_top(centered_gram(g_all[c].reshape(d, d), s_all[c].reshape(d, e), int(counts[c]), center), k)[1]
                  .numpy() for c in range(n_groups)]

@@ -26,6 +26,7 @@ import torch
 
 from explorer.core.linalg import TAUS, centered_gram, eigh_desc, k_at
 from explorer.metrics import angles
+from explorer.metrics.moments import ModelMoments, as_moments
 from explorer.metrics.results import Stability
 
 # Subsamples drawn per size, and random halves for the band.
@@ -50,7 +51,7 @@ def _spectrum(grams: torch.Tensor, sums: torch.Tensor, idx: np.ndarray, d: int, 
     return eigh_desc(centered_gram(g, s, len(idx), center), k)
 
 
-def stability(sides: Sequence[torch.Tensor], center: str, k: int, n_components: int, seed: int = 0) -> Stability:
+def stability(sides: ModelMoments | Sequence[torch.Tensor], center: str, k: int, n_components: int, seed: int = 0) -> Stability:
     """k(tau) against N and the half-sampling band of the scree (module docstring).
 
     Parameters
@@ -63,10 +64,8 @@ def stability(sides: Sequence[torch.Tensor], center: str, k: int, n_components: 
     n_components : int
         Components the band covers.
     """
-    x = [t.double() for t in sides]
-    n, (d, e) = len(x), x[0].shape
-    grams = torch.stack([xi @ xi.T for xi in x]).reshape(n, -1)
-    sums = torch.stack(x).reshape(n, -1)
+    mom = as_moments(sides)
+    n, d, e, grams, sums = len(mom), mom.d, mom.e, mom.grams, mom.sums
     rng = np.random.default_rng([seed, 11])
     k = int(min(k, d))
     full_eigenvalues, ref = _spectrum(grams, sums, np.arange(n), d, e, center, k)  # the band is centred on it

@@ -61,3 +61,32 @@ def default_merge_models(metadata: pd.DataFrame, n: int = 4) -> list[str]:
         rows = preferred if len(preferred) else metadata
     key = rows["task"].astype(str) if "task" in rows.columns else rows["name"].astype(str)
     return list(rows.loc[~key.duplicated(), "name"].astype(str))[:n]
+
+
+def accuracy_by_group(curve: pd.DataFrame, metadata: pd.DataFrame, column: str = "task_group"
+                      ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Mean accuracy against k per group of models, and each group's stored accuracy.
+
+    Parameters
+    ----------
+    curve : DataFrame
+        ``model``, ``k``, ``accuracy``, ``stored_accuracy`` (:func:`explorer.apply.compress_eval.compressed_accuracy`).
+    metadata : DataFrame
+        The family's metadata (``name`` and, when present, ``column``); without ``column`` every
+        model is one group, ``all models``.
+
+    Returns
+    -------
+    by_group : dict group -> ndarray (K,), over the sorted ks
+    stored : dict group -> float
+    """
+    if column in metadata.columns:
+        groups = metadata.set_index("name")[column].astype(str)
+        labelled = curve.assign(group=curve["model"].map(groups).fillna("other"))
+    else:
+        labelled = curve.assign(group="all models")
+    by_group, stored = {}, {}
+    for g, sub in labelled.groupby("group", sort=True):
+        by_group[str(g)] = sub.groupby("k")["accuracy"].mean().sort_index().to_numpy()
+        stored[str(g)] = float(sub.drop_duplicates("model")["stored_accuracy"].mean())
+    return by_group, stored
