@@ -260,3 +260,32 @@ def test_cli_compress_bundle_peft_and_bad_input(tmp_path, capsys, dense):
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_all_compresses_the_lora_groups_and_keeps_adapter_heads(tmp_path):
+    fam, _ = _lora_family(tmp_path)
+    for d in sorted((tmp_path / "lora").iterdir()):  # a classifier head saved with each adapter
+        path = d / "adapter_model.safetensors"
+        tensors = load_file(str(path))
+        tensors["base_model.model.classifier.weight"] = torch.randn(3, 14)
+        save_file(tensors, str(path))
+    fam = load_family(str(tmp_path / "lora"))
+    plan = compress_plan(fam)
+    assert {g.name for g, _ in plan} == {"layers.0.q", "layers.0.v"}
+    assert [(g.name, v) for g, v in compress_plan(fam, ["classifier"])] == [("classifier", "full")]
+    comp = compress_family(fam, None, k=2, cache=ResultCache(tmp_path / "c"))
+    folders = write_peft_adapters(comp, fam, tmp_path / "peft")
+    new = load_file(str(folders[0] / "adapter_model.safetensors"))
+    orig = load_file(str(tmp_path / "lora" / folders[0].name / "adapter_model.safetensors"))
+    assert torch.equal(new["base_model.model.classifier.weight"], orig["base_model.model.classifier.weight"])
+
+
+def test_cli_compress_reports_the_zoo_accuracy(tmp_path, capsys):
+    js = tmp_path / "c.json"
+    assert main(["compress", "zoo:digits-lora", "--layer", "layers.1", "--k", "128", "--out", str(tmp_path / "b"),
+                 "--json", str(js), "--quiet"]) == 0
+    acc = json.loads(js.read_text())["accuracy"]
+    assert len(acc["per_model"]) == 120 and 0 <= acc["mean_only_mean"] <= 1
+    # Every direction of A and B: the adapters themselves, to float32 rounding of the evaluation.
+    assert abs(acc["mean"] - acc["stored_mean"]) < 2e-3
+    assert "accuracy from the compressed form" in capsys.readouterr().out

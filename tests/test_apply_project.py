@@ -90,6 +90,10 @@ def test_bad_newcomers_are_refused_by_name(planted, tmp_path):
         project_newcomers(fam, fam, model)
     with pytest.raises(OptionError, match="k = 40 is above the rank"):
         project_newcomers(fam, fam, res, k=40)
+    with pytest.raises(OptionError, match=r"fitted in view full \(mode out\); the newcomers were asked in mode in"):
+        project_newcomers(fam, fam, res, mode="in")
+    with pytest.raises(OptionError, match="asked in view delta"):
+        project_newcomers(fam, fam, res, view="delta")
 
 
 def test_lora_newcomer_in_view_a(tmp_path):

@@ -111,7 +111,8 @@ class Compression:
 def compress_plan(family: Family, layers: Sequence[str] | None = None,
                   views: Sequence[str] | None = None) -> list[tuple[LayerGroup, str]]:
     """The (group, view) pairs to compress: the named groups (default: every group held by every
-    model), LoRA ones in views A and B, dense ones in ``full``, unless ``views`` says otherwise.
+    model; for adapters, every LoRA group — their dense heads stay as stored), LoRA ones in views A
+    and B, dense ones in ``full``, unless ``views`` says otherwise.
 
     Raises
     ------
@@ -126,6 +127,10 @@ def compress_plan(family: Family, layers: Sequence[str] | None = None,
     catalog = build_catalog(family)
     groups = [find_group(catalog, name) for name in layers] if layers else \
         [g for g in catalog if g.n_models == len(family)]
+    if not layers and any(g.kind == "lora" for g in groups):
+        # Adapters' own dense tensors (a classifier head saved with modules_to_save) are part of each
+        # adapter, not of a shared update: --all compresses the LoRA groups and keeps those as stored.
+        groups = [g for g in groups if g.kind == "lora"]
     plan = []
     for g in groups:
         have = [v for v in views_for(family, g) if v in APPLY_VIEWS]

@@ -133,7 +133,7 @@ def newcomer_matrices(new: Family, sb: SharedBasis) -> list[tuple[str, torch.Ten
 
 
 def project_newcomers(new: Family, family: Family, analysis, k: int | None = None,
-                      n_nearest: int = 5) -> Projection:
+                      n_nearest: int = 5, view: str | None = None, mode: str | None = None) -> Projection:
     """Project every model of ``new`` onto the basis of ``analysis`` (fitted on ``family``).
 
     Parameters
@@ -147,12 +147,21 @@ def project_newcomers(new: Family, family: Family, analysis, k: int | None = Non
     k : int, optional
         Directions for the captured energy; default k(0.9) of the family.
     n_nearest : int
+    view, mode : str, optional
+        The view and mode the caller means to project in; given, they must be the basis' own.
 
     Raises
     ------
     OptionError
-        Model mode, a k above the basis, an analysis without metrics.
+        Model mode, a k above the basis, an analysis without metrics, a basis of another view or
+        mode than asked.
     """
+    asked = {"view": view, "mode": mode}
+    have = {"view": analysis.view, "mode": analysis.spectrum.mode}
+    wrong = [f for f in asked if asked[f] is not None and asked[f] != have[f]]
+    if wrong:
+        raise OptionError(f"the basis of {analysis.group.name} was fitted in view {have['view']} (mode {have['mode']}); "
+                          f"the newcomers were asked in " + ", ".join(f"{f} {asked[f]}" for f in wrong))
     m = analysis.metrics
     if m is None:
         raise OptionError("projecting a newcomer needs the family's analysis with its metrics")

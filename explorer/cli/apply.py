@@ -12,6 +12,7 @@ import numpy as np
 from explorer.apply.basis import APPLY_VIEWS
 from explorer.apply.bundle import write_bundle
 from explorer.apply.compress import STORE_DTYPES
+from explorer.apply.compress_eval import compressed_accuracy
 from explorer.apply.compression import compress_family
 from explorer.apply.merge import merge_family
 from explorer.apply.merge_eval import merge_accuracy, merge_summary
@@ -118,6 +119,7 @@ def _cmd_compress(args, progress) -> int:
         write_bundle(comp, args.out)
         wrote = f"a bundle in {args.out} (basis.safetensors, coefficients.safetensors, manifest.json)"
     doc = comp.to_json()
+    doc["accuracy"] = _compressed_accuracy(fam, comp)
     n_skipped = report_skipped([comp.skipped], progress)
     if args.json_file:
         atomic_write_bytes(Path(args.json_file), json.dumps(doc, indent=2, allow_nan=False).encode())
@@ -133,6 +135,10 @@ def _cmd_compress(args, progress) -> int:
         print(f"{u['layer']:<36}   dW  update error {_fmt(u['error_mean'], '.4f')}, "
               f"mean update {_fmt(u['mean_only_error_mean'], '.4f')} (relative, mean over adapters)")
     print(f"total {doc['bytes_before']:,} -> {doc['bytes_after']:,} bytes ({_fmt(doc['ratio'], '.2f')}x); wrote {wrote}")
+    acc = doc["accuracy"]
+    if acc is not None:
+        print(f"accuracy from the compressed form: {acc['mean']:.4f} over {len(acc['per_model'])} models (as stored "
+              f"{acc['stored_mean']:.4f}; every compressed group given the family's mean layer {acc['mean_only_mean']:.4f})")
     for note in comp.notes:
         print(f"note: {note}")
     return 0
@@ -209,3 +215,18 @@ def _has_accuracy(fam) -> bool:
     """Whether the family has an evaluator that scores other weights on every task (the digits zoo)."""
     ev = evaluator_for(fam.source)
     return ev is not None and ev.cross_task
+
+
+def _compressed_accuracy(fam, comp) -> dict | None:
+    """On the zoo: each model's accuracy with every compressed group rebuilt, beside the mean layer's."""
+    ev = evaluator_for(fam.source)
+    entries = [e for e in comp.entries if ev is not None and e.layer in ev.layers]
+    if not entries:
+        return None
+    got = compressed_accuracy(fam.source, entries, [max(e.k for e in entries)])
+    if got is None:
+        return None
+    curve, mean_only = got
+    return {"mean": float(curve["accuracy"].mean()), "stored_mean": float(curve["stored_accuracy"].mean()),
+            "mean_only_mean": float(mean_only["accuracy"].mean()),
+            "per_model": dict(zip(curve["model"], map(float, curve["accuracy"])))}

@@ -193,7 +193,7 @@ def build_minilm(folder: Path, progress: ProgressFn | None = None) -> None:
 
 RECIPES: tuple[ZooRecipe, ...] = (
     ZooRecipe(
-        name="minilm-lora", version="1", build=build_minilm, default=False, expected_seconds=estimate_seconds(),
+        name="minilm-lora", version="2", build=build_minilm, default=False, expected_seconds=estimate_seconds(),
         description=f"20 PEFT LoRA adapters on MiniLM-L6 (pip package {PIP_NAME}), 5 text tasks; "
                     f"on demand, about {estimate_seconds() / 60:.0f} min",
     ),
