@@ -23,6 +23,36 @@ def open_page(page, base: str, path: str, query: str = Q) -> None:
     page.wait_for_selector(TRACES, state="attached", timeout=60_000)
 
 
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def wait_idle(page) -> None:
+    """Wait until the page's script has finished its run (a rerun re-renders, closing any open popover)."""
+    page.wait_for_selector(IDLE, state="attached", timeout=120_000)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label``, reopening it if a rerun closed its list.
+
+    Streamlit may still be running the page (a fragment, a late cached call) when the charts appear;
+    its rerun redraws the sidebar and closes the dropdown, so the option never shows. Wait for the
+    idle state before each try, and retry the opening a few times rather than wait 30 s once.
+    """
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=re.compile(rf"^{re.escape(label)}$"))
+    target = page.get_by_role("option", name=option)
+    for attempt in range(5):
+        wait_idle(page)
+        box.get_by_role("combobox").click()
+        try:
+            target.wait_for(state="visible", timeout=8_000)
+            target.click(timeout=8_000)
+            return
+        except Exception:
+            if attempt == 4:
+                raise
+            page.keyboard.press("Escape")
+
+
 def titles(page) -> list[str]:
     return page.eval_on_selector_all(".js-plotly-plot .gtitle", "els => els.map(e => e.textContent)")
 
@@ -78,9 +108,7 @@ def test_overlap_redraws_on_tab_and_colour(streamlit_server, page):
 def test_embedding_redraws_on_dimension_change(streamlit_server, page):
     open_page(page, streamlit_server, "Embedding", "source=zoo:digits-mlp-finetune&layer=layers.1")
     wait_title(page, "PCA of shared-basis coordinates")
-    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=re.compile(r"^Colour by$"))
-    box.get_by_role("combobox").click()
-    page.get_by_role("option", name="task_group").click()
+    choose(page, "Colour by", "task_group")
     page.wait_for_selector(".js-plotly-plot .legend .traces >> nth=5", state="attached", timeout=60_000)
     screenshot(page, "page-embedding")
     page.get_by_text("3", exact=True).first.click()
@@ -93,9 +121,7 @@ def test_generalization_redraws_on_layer_change(streamlit_server, page):
     wait_title(page, "layers.1: energy of models")
     wait_title(page, "Accuracy of models projected")
     screenshot(page, "page-generalization")
-    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=re.compile(r"^Layer$"))
-    box.get_by_role("combobox").click()
-    page.get_by_role("option", name="layers.0 (128×64)").click()
+    choose(page, "Layer", "layers.0 (128×64)")
     wait_title(page, "layers.0: energy of models")
 
 

@@ -1,5 +1,5 @@
 """The command-line contract of DESIGN.md: ``zoo``, ``inspect``, ``analyze``, ``report``, ``atlas``,
-``compress``, ``project``.
+``compress``, ``project``, ``merge``.
 
 Exit codes: 0 all well; 2 bad input or options (one line on stderr naming what is wrong);
 1 an internal error.  Members of a family that cannot be used are skipped and named: ``inspect``

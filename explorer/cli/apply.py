@@ -1,5 +1,6 @@
 """The commands that use a shared basis: ``compress`` (basis + coefficients, as a bundle or as
-PEFT adapters) and ``project`` (newcomers placed on a family's cached basis)."""
+PEFT adapters), ``project`` (newcomers placed on a family's cached basis) and ``merge`` (the
+subspace rule beside task arithmetic, TIES and the mean)."""
 from __future__ import annotations
 
 import argparse
