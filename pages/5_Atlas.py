@@ -40,7 +40,8 @@ st.session_state["atlas_ran"] = run_key
 try:
     with StatusProgress(f"Analysing {len(plan)} layer groups…", "Atlas ready") as progress:
         atlas = run_atlas(fam, modules or None, views or offered[:1], int(k) or None,
-                          SpectralOptions(center=sel.center), sel.metrics, progress, strict=sel.strict)
+                          SpectralOptions(center=sel.center), sel.metrics, progress, strict=sel.strict,
+                          scheduler=sel.scheduler or None)
 except ExplorerError as exc:
     st.error(str(exc))
     st.stop()

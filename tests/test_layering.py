@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "explorer"
 # Bottom to top.  The top-level modules (__init__, __main__ and the CLI package, one module per
 # family of commands) may import any stage.
-STAGES = ("core", "zoo", "sources", "catalog", "engine", "metrics", "pipeline", "apply", "present", "figures", "outputs")
+STAGES = ("core", "zoo", "sources", "catalog", "engine", "metrics", "cluster", "pipeline", "apply", "present", "figures", "outputs")
 TOP_MODULES = {"explorer", "explorer.cli", "explorer.__main__"}
 CLI_PACKAGE = "explorer.cli."
 MAX_LINES = 400

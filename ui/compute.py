@@ -34,7 +34,7 @@ def compute(sel: Selection, layer: str | None = None, metrics: MetricsOptions | 
     fam = load_family(source or sel.source, sel.strict)
     with StatusProgress(f"Decomposing {layer} ({sel.mode}-mode)…", f"{layer} decomposed") as progress:
         return analyze_cached(fam, layer, sel.view or None, sel.options, metrics or sel.metrics, progress=progress,
-                              strict=sel.strict)
+                              strict=sel.strict, scheduler=sel.scheduler or None)
 
 
 def analysis(sel: Selection) -> explorer.Analysis | None:

@@ -9,6 +9,7 @@ from explorer.catalog.groups import LayerGroup, layer_indices, select_groups
 from explorer.catalog.views import default_mode, views_for
 from explorer.core.errors import ExplorerError
 from explorer.engine.options import CENTERS, MODES
+from ui.cluster import pick_scheduler
 from ui.families import ensure_zoo, load_family, split_catalog
 from ui.source_picker import pick_source
 from ui.state import Selection, as_flag, as_float, widget, write_query
@@ -71,7 +72,7 @@ def sidebar() -> Selection | None:
         layer = _pick_layer(catalog)
         group = next(g for g in catalog if g.name == layer)
         sel = replace(_pick_decomposition(source, layer, list(views_for(fam, group))), strict=strict,
-                      newcomer=str(st.session_state.get("sel_newcomer") or "").strip())
+                      newcomer=str(st.session_state.get("sel_newcomer") or "").strip(), scheduler=pick_scheduler())
     write_query(sel)
     return sel
 

@@ -52,6 +52,9 @@ class Selection:
         Refuse a family with a bad member (one ``st.error``) instead of analysing the rest.
     newcomer : str
         A SOURCE whose models are projected onto the family's basis (empty: none).
+    scheduler : str
+        Dask scheduler address the analyses not yet cached run on (empty: this machine); not in
+        the URL.
     """
 
     source: str
@@ -63,6 +66,7 @@ class Selection:
     k: int = 8
     strict: bool = False
     newcomer: str = ""
+    scheduler: str = ""
 
     @property
     def options(self) -> SpectralOptions:

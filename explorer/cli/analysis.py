@@ -13,11 +13,13 @@ from explorer.catalog.groups import build_catalog, describe_family, select_group
 from explorer.catalog.views import VIEWS
 from explorer.cli.common import (
     add_cache_args,
+    add_cluster_args,
     add_decomposition_args,
     add_family_args,
     load,
     report_skipped,
     run_analysis,
+    scheduler_of,
 )
 from explorer.core.atomic import atomic_write_bytes
 from explorer.core.backend import DEVICES, DTYPES
@@ -55,6 +57,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
     a.add_argument("--out", metavar="DIR", help="also write CSVs and the basis/coordinates as safetensors")
     add_family_args(a)
     add_cache_args(a)
+    add_cluster_args(a)
 
     r = sub.add_parser("report", parents=[common], help="self-contained HTML report + CSV + basis .safetensors")
     r.add_argument("source", metavar="SOURCE")
@@ -64,6 +67,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
     add_decomposition_args(r)
     add_family_args(r)
     add_cache_args(r)
+    add_cluster_args(r)
 
     at = sub.add_parser("atlas", parents=[common], help="every layer group of a family, each with its verdict")
     at.add_argument("source", metavar="SOURCE")
@@ -81,6 +85,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
                     help="LoRA: skip clustering the adapters by A initialisation (and the verdicts within clusters)")
     add_family_args(at)
     add_cache_args(at)
+    add_cluster_args(at)
 
     return {"zoo": _cmd_zoo, "inspect": _cmd_inspect, "analyze": _cmd_analyze, "report": _cmd_report,
             "atlas": _cmd_atlas}
@@ -181,7 +186,7 @@ def _cmd_atlas(args, progress) -> int:
         cache = ResultCache(tempfile.mkdtemp(prefix="explorer-atlas-"))  # resumable within this run only
     atlas = run_atlas(fam, args.modules, views, args.k, opts, MetricsOptions(seed=args.seed, null_draws=args.null_draws),
                       progress, cache,
-                      strict=args.strict, init_check=not args.no_init_check)
+                      strict=args.strict, init_check=not args.no_init_check, scheduler=scheduler_of(args))
     n_skipped = report_skipped([e.analysis for e in atlas.entries], progress)
     doc = json.dumps(atlas.to_json(), indent=2, allow_nan=False).encode()
     if args.json_file:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from explorer.catalog.views import VIEWS
+from explorer.cluster.connect import SCHEDULER_ENV, scheduler_address
 from explorer.core.backend import DEVICES, DTYPES
 from explorer.core.errors import OptionError
 from explorer.core.progress import CliProgress
@@ -55,6 +56,18 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="compute without reading or writing the cache")
 
 
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """--scheduler."""
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on the Dask cluster of this scheduler (tcp://host:8786; default: "
+                   f"${SCHEDULER_ENV}, else this machine); workers must see the same files")
+
+
+def scheduler_of(args) -> str | None:
+    """The scheduler address of --scheduler, else $EXPLORER_SCHEDULER, else None (run here)."""
+    return scheduler_address(getattr(args, "scheduler", None))
+
+
 def load(args, progress, source: str | None = None):
     """The family of ``args.source`` (or ``source``), with --base, --name-regex and --strict."""
     return load_family(source or args.source, progress=progress, base=getattr(args, "base", None),
@@ -79,9 +92,9 @@ def run_analysis(args, fam, layer: str, progress) -> Analysis:
     metrics = MetricsOptions(seed=args.seed, null_draws=args.null_draws)
     if args.no_cache:
         return analyze(fam, layer, view=args.view, options=opts, progress=progress, metrics=metrics,
-                       strict=args.strict)
+                       strict=args.strict, scheduler=scheduler_of(args))
     return analyze_cached(fam, layer, args.view, opts, metrics, progress=progress, cache=cache_of(args),
-                          strict=args.strict)
+                          strict=args.strict, scheduler=scheduler_of(args))
 
 
 def report_skipped(skipped_lists, progress: CliProgress) -> int:

@@ -107,10 +107,31 @@ def refit_basis(gram: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     """
     d = gram.shape[0]
     if d < FAST_SIDE or k > d // 4:
-        return eigh_top(gram, k)[1]
-    # float32 iterations: their round-off (~1e-6) is far below the method's own accuracy on the
-    # captured-energy curves (module docstring), and the products run twice as fast.
-    g32 = gram.to(torch.float32)
-    basis = subspace_top_eigh(lambda y: g32 @ y, d, k, seed=seed, dtype=torch.float32, device=gram.device)[1]
-    # Orthonormal to the Gram's own precision again (QR keeps the span of every leading block).
-    return sign_fix(torch.linalg.qr(basis.to(gram.dtype)).Q)
+        vals, basis = eigh_top(gram, k)
+    else:
+        # float32 iterations: their round-off (~1e-6) is far below the method's own accuracy on the
+        # captured-energy curves (module docstring), and the products run twice as fast.
+        g32 = gram.to(torch.float32)
+        vals, basis = subspace_top_eigh(lambda y: g32 @ y, d, k, seed=seed, dtype=torch.float32, device=gram.device)
+        # Orthonormal to the Gram's own precision again (QR keeps the span of every leading block).
+        basis = sign_fix(torch.linalg.qr(basis.to(gram.dtype)).Q)
+    return _drop_floor(np.asarray(vals, dtype=np.float64), basis)
+
+
+def _drop_floor(vals: np.ndarray, basis: torch.Tensor) -> torch.Tensor:
+    """Zero the directions whose eigenvalue is at the Gram's numerical floor (d * eps * lambda_1).
+
+    A Gram refitted on part of the models is often rank-deficient (48 training models of a
+    128-wide centred layer); its eigenvectors beyond the rank are an arbitrary basis of the null
+    space, which rounding in the last bit rotates, so a held-out model's energy "captured" by
+    them would be noise.  Zero columns capture nothing: the held-out curve stays flat beyond the
+    fit's rank, the same in every run (locally or summed on a cluster in another order).
+    """
+    if not len(vals) or vals[0] <= 0:
+        return torch.zeros_like(basis)
+    floor = vals[0] * basis.shape[0] * float(torch.finfo(basis.dtype).eps)
+    dead = np.flatnonzero(vals[: basis.shape[1]] <= floor)
+    if dead.size:
+        basis = basis.clone()
+        basis[:, torch.from_numpy(dead)] = 0
+    return basis

@@ -84,3 +84,13 @@ class StackedGram:
             sym_update_(self.gram, self._buf[:, :self._used])
             self._used = 0
         return sym_mirror_(self.gram)
+
+    def absorb(self, other: StackedGram) -> None:
+        """Add another accumulator's Gram (over other blocks) to this one."""
+        self.flush()
+        self.gram += other.flush()
+
+    def compact(self) -> None:
+        """Fold the buffer in and drop it: a pickled accumulator then carries only its d x d Gram."""
+        self.flush()
+        self._buf = None

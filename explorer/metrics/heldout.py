@@ -71,6 +71,20 @@ class PartitionGrams:
         self._sums[c].add(x)
         self._dense[c] = None
 
+    def absorb(self, other: PartitionGrams) -> None:
+        """Add the Grams and sums of ``other`` (the same partition, other models) to these cells."""
+        if other.n_cells != self.n_cells or not np.array_equal(other.cells, self.cells):
+            raise ValueError("cannot add the sums of another partition")
+        for c in range(self.n_cells):
+            self._grams[c].absorb(other._grams[c])
+            self._sums[c].add(other._sums[c].value())
+            self._dense[c] = None
+
+    def compact(self) -> None:
+        """Fold every cell's pending Gram buffer in and drop it (before the sums are pickled)."""
+        for gram in self._grams:
+            gram.compact()
+
     def _gram(self, c: int) -> torch.Tensor:
         return self._grams[c].flush()
 

@@ -30,12 +30,11 @@ from explorer.core.linalg import (
     eigh_top,
     subtract_center,
 )
-from explorer.core.lowrank import LowRank, left_factor_products
 from explorer.core.progress import ProgressFn
 from explorer.core.threads import is_small, single_threaded
 from explorer.core.timing import stage
 from explorer.core.topk import refit_basis
-from explorer.metrics import angles, baselines, heldout, null_spec, permutation, subsample
+from explorer.metrics import angles, baselines, null_spec, permutation, subsample
 from explorer.metrics.model_mode import LOO_FLOPS, model_mode_metrics, set_null
 from explorer.metrics.moments import ModelMoments
 from explorer.metrics.results import (
@@ -46,82 +45,10 @@ from explorer.metrics.results import (
     NullBand,
     Overlaps,
     kernel_scores,
-    two_sided_curve,
-    two_sided_from_core,
 )
-from explorer.metrics.sums import SideSums, gather_sums, side_matrices
-
-# Columns of side matrices stacked into one projection product in pass 2.
-_BLOCK_COLUMNS = 1024
-
-
-def _blocks(items: Iterable[tuple[int, LowRank]], columns: int = _BLOCK_COLUMNS):
-    """Group ``(index, side matrix)`` pairs into lists of about ``columns`` left-factor columns."""
-    block: list = []
-    width = 0
-    for i, x in items:
-        block.append((i, x))
-        width += x.left.shape[1]
-        if width >= columns:
-            yield block
-            block, width = [], 0
-    if block:
-        yield block
-
-
-def _by_fold(block, folds: np.ndarray, factored_only: bool = False):
-    """(fold, positions in ``block`` of its models): the grouping both per-fold products use."""
-    for f in sorted({int(folds[i]) for i, _ in block}):
-        members = [j for j, (i, x) in enumerate(block) if int(folds[i]) == f and (x.factored or not factored_only)]
-        if members:
-            yield f, members
-
-
-def _fold_products(block, folds: np.ndarray, fold_fit: dict) -> list[torch.Tensor]:
-    """U_f^T (s L_i) for each model of a block with the basis of its own fold (one product per fold)."""
-    out: list = [None] * len(block)
-    for f, members in _by_fold(block, folds):
-        for j, p in zip(members, left_factor_products(fold_fit[f][0], [block[j][1] for j in members])):
-            out[j] = p
-    return out
-
-
-def _fold_mean_inners(block, folds: np.ndarray, fold_fit: dict) -> list[float | None]:
-    """<X_i, mu_f> for the factored models of a block against their fold's held-out mean.
-
-    One product per fold, mu_f^T [s L_i ...] (e x sum r_i), instead of a pass over the dense d x e
-    mean per model (memory-bound: 134 MB read per 4096 x 4096 ΔW); None for dense models.
-    """
-    out: list = [None] * len(block)
-    for f, members in _by_fold(block, folds, factored_only=True):
-        xs = [block[j][1] for j in members]
-        for j, x, p in zip(members, xs, left_factor_products(fold_fit[f][3], xs)):
-            out[j] = float((p.T * x.right).sum())  # <s L R, mu> = sum((mu^T s L)^T * R)
-    return out
-
-
-def _measure(x: LowRank, pl: torch.Tensor, uz: torch.Tensor | None, vk: torch.Tensor | None, tot: float):
-    """One model against one basis: (one-sided curve, two-sided curve or None, core or None).
-
-    ``pl`` is :func:`left_factor_products`' U^T (s L) of the model.  A factored model without
-    centering is measured from its factors (rows = diag(P R R^T P^T), core = P (R V)); otherwise
-    the projection U^T X - U^T Z is formed.
-    """
-    if x.factored and uz is None:
-        rows = ((pl @ (x.right @ x.right.T)) * pl).sum(dim=1)
-        curve = heldout.curve_from_rows(rows, tot)
-        if vk is None:
-            return curve, None, None
-        two, core = two_sided_from_core((pl @ (x.right @ vk)).cpu().double().numpy(), tot)
-        return curve, two, core
-    p = pl @ x.right if x.factored else pl
-    p = p - uz if uz is not None else p
-    curve = heldout.curve_from_projection(p, tot)
-    if vk is None:
-        return curve, None, None
-    two, core = two_sided_curve(p, vk, tot)
-    return curve, two, core
-
+from explorer.metrics.local_passes import LocalPasses, Passes
+from explorer.metrics.measure import MeasureContext
+from explorer.metrics.sums import SideSums, plan_sums
 
 def compute_metrics(
     open_stream: Callable[[], Iterable[torch.Tensor]],
@@ -137,6 +64,7 @@ def compute_metrics(
     *,
     kernel: np.ndarray | torch.Tensor | None = None,
     sums: SideSums | None = None,
+    passes: Passes | None = None,
 ) -> Metrics:
     """Compute the metrics of one layer group.
 
@@ -169,6 +97,9 @@ def compute_metrics(
     sums : SideSums, optional
         Out/in modes: pass 1 already made (:func:`side_sums`, the pipeline's, which decomposed
         its Gram); only pass 2 then reads the models.
+    passes : Passes, optional
+        Out/in modes: what reads the models (default :class:`LocalPasses` over ``open_stream``;
+        :class:`explorer.cluster.passes.ClusterPasses` measures shards on a Dask cluster).
     """
     # The decomposition read an unchosen mode as out (the engine sees no view): so do the metrics.
     spectral_options = spectral_options.resolved()
@@ -179,24 +110,23 @@ def compute_metrics(
             return model_mode_metrics(open_stream, n_models, shape, basis, spectral_options, mopts, progress, device, dtype,
                                kernel)
         return _side_mode(open_stream, n_models, shape, basis, spectral_options, mopts, labels, progress, device,
-                          dtype, null_ranks, sums, null_widths)
+                          dtype, null_ranks, sums, null_widths, passes)
 
 
 def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device, dtype, null_ranks,
-               sums: SideSums | None = None, null_widths: Sequence[int] | None = None) -> Metrics:
+               sums: SideSums | None = None, null_widths: Sequence[int] | None = None,
+               passes: Passes | None = None) -> Metrics:
     mode, center = so.mode, so.center
     m, ncol = shape
     d, e = (m, ncol) if mode == "out" else (ncol, m)
     if basis.shape[0] != d:
         raise InputError(f"basis has {basis.shape[0]} rows, the {mode}-mode side of {shape} has {d}")
+    passes = passes or LocalPasses(open_stream, n, shape)
     if sums is None:
-        sums = gather_sums(open_stream, n, shape, so, mopts, labels, progress, device, dtype)
+        sums = passes.sums(plan_sums(n, shape, so, mopts, labels, device, dtype), progress)
     g, s, parts, gparts, other, stack = sums.gram, sums.side_sum, sums.parts, sums.gparts, sums.other, sums.stack
     folds, group_by, group_names = sums.folds, sums.group_by, sums.group_names
     notes, keep_stack, two_sided = list(sums.notes), sums.keep_stack, other is not None
-
-    def models(label):
-        return side_matrices(open_stream, n, shape, mode, dtype, device, progress, label)
 
     z = center_matrix(s, n, center)
     kk = basis.shape[1]
@@ -236,40 +166,17 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
 
     # Pass 2: measure every model against the shared, fold and leave-one-out bases.
     k2 = min(kk, v.shape[1])
-    out = {key: np.zeros((n, width)) for key, width in
-           (("one", kk), ("two", k2), ("kfold", kk), ("loo", kk))}
     kc = min(mopts.k_coord, k2)
-    coords = np.zeros((n, kc * kc))
-    norms2 = np.zeros(n)
-    mean = {key: np.zeros(n) for key in ("kc", "ke", "lc", "le")}
-    own = []
+    ctx = MeasureContext(mode, n, u, uz, vk, z, zz, folds, fold_fit, do_loo, g if do_loo else None,
+                         s if do_loo else None, center, kk, kc, ka, mopts.seed)
     with stage("pass 2: measure models"):
-        for block in _blocks(models("metrics: measuring models")):
-            xs = [x for _, x in block]
-            # One product per block and basis (per-model products are memory-bound); factored
-            # models stay factored: U^T (s L) (k x r), never the k x e projection.
-            pu = left_factor_products(u, xs)
-            pf = _fold_products(block, folds, fold_fit) if folds is not None else None
-            xm = _fold_mean_inners(block, folds, fold_fit) if folds is not None else None
-            for j, (i, x) in enumerate(block):
-                norms2[i] = heldout.centered_norm2(x, z, zz)
-                out["one"][i], out["two"][i], core = _measure(x, pu[j], uz, vk, norms2[i])
-                cblock = core[:kc, :kc] if mode == "out" else core[:kc, :kc].T
-                coords[i] = cblock.reshape(-1)
-                if folds is not None:
-                    _, zf, uzf, muf, mmf, zzf = fold_fit[int(folds[i])]
-                    out["kfold"][i] = _measure(x, pf[j], uzf, None, heldout.centered_norm2(x, zf, zzf))[0]
-                    mean["kc"][i], mean["ke"][i] = heldout.mean_only(x, muf, mmf, xm[j])
-                if do_loo:
-                    with stage("leave-one-out"):
-                        f = x.gram_factor()
-                        sl = s.clone()
-                        x.add_to(sl, alpha=-1.0)
-                        ul = refit_basis(centered_gram(g - f @ f.T, sl, n - 1, center), kk, seed=mopts.seed)
-                        out["loo"][i] = heldout.captured_curve(ul, x, center_matrix(sl, n - 1, center))
-                        mean["lc"][i], mean["le"][i] = heldout.mean_only(x, sl / (n - 1))
-                with stage("own subspaces"):
-                    own.append(x.left_basis(ka))
+        measured = passes.measure(ctx, progress)
+    out = {key: measured.table(key, n, width) for key, width in
+           (("one", kk), ("two", k2), ("kfold", kk), ("loo", kk))}
+    coords = measured.table("coords", n, kc * kc)
+    norms2 = measured.table("norms2", n)
+    mean = {key: measured.table(key, n) for key in ("kc", "ke", "lc", "le")}
+    own = measured.own_bases(n)
 
     if not norms2.any():
         notes.append(f"the family's energy is 0 after centring {center!r} (e.g. a single model, centred): "

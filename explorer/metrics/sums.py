@@ -9,17 +9,14 @@ once more to build the same Gram: :func:`side_sums` is that shared pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from explorer.core.backend import pick_device, pick_dtype
 from explorer.core.errors import InputError
-from explorer.core.lowrank import as_lowrank
+from explorer.core.lowrank import LowRank, as_lowrank
 from explorer.core.progress import ProgressFn
-from explorer.core.threads import is_small, single_threaded
-from explorer.core.timing import stage
 from explorer.engine.gram import StackedGram
 from explorer.metrics import heldout
 from explorer.metrics.results import MetricsOptions
@@ -105,30 +102,6 @@ class SideSums:
     keep_stack: bool
 
 
-def side_sums(
-    open_stream: Callable[[], Iterable[torch.Tensor]],
-    n_models: int,
-    shape: tuple[int, int],
-    spectral_options,
-    mopts: MetricsOptions,
-    labels: Sequence[Mapping[str, str]] = (),
-    progress: ProgressFn | None = None,
-) -> SideSums:
-    """Pass 1 of the out/in-mode metrics, on its own: one read of every model.
-
-    Its total Gram and sum are exactly what the decomposition's Gram path accumulates, so the
-    pipeline decomposes ``gram`` itself (:func:`explorer.engine.dense.decompose_gram`) and hands
-    the sums to :func:`compute_metrics` (``sums=``): the Gram is built once per analysis.
-    """
-    so = spectral_options.resolved()
-    if so.mode not in ("out", "in"):
-        raise InputError(f"side sums are defined for out/in modes, not {so.mode!r}")
-    device = pick_device(so.device)
-    dtype = pick_dtype(so.dtype, device)
-    with single_threaded(is_small(shape, n_models, device.type)):
-        return gather_sums(open_stream, n_models, shape, so, mopts, labels, progress, device, dtype)
-
-
 def side_matrices(open_stream, n, shape, mode, dtype, device, progress, label):
     """(index, side matrix X_i) for every model: W_i (out-mode) or W_i^T (in-mode), as LowRank."""
     for i, item in _read(open_stream(), n, progress, label):
@@ -136,7 +109,43 @@ def side_matrices(open_stream, n, shape, mode, dtype, device, progress, label):
         yield i, (x if mode == "out" else x.T)
 
 
-def gather_sums(open_stream, n, shape, so, mopts, labels, progress, device, dtype) -> SideSums:
+@dataclass(frozen=True)
+class SumsPlan:
+    """The choices pass 1 makes before reading anything (the same on every shard of the models).
+
+    Attributes
+    ----------
+    mode : {"out", "in"}
+    d, e : int
+        Side matrix shape (Gram side, other side).
+    n : int
+        Models in the whole family (fold and group cells are indexed by the global model index).
+    folds, groups : ndarray of int, shape (N,), or None
+    group_by : str or None
+    group_names : list of str
+    notes : tuple of str
+    keep_stack, two_sided : bool
+        Whether the N x mn stack and the other side's Gram are gathered.
+    dtype, device : the accumulation's.
+    """
+
+    mode: str
+    d: int
+    e: int
+    n: int
+    folds: np.ndarray | None
+    groups: np.ndarray | None
+    group_by: str | None
+    group_names: tuple
+    notes: tuple
+    keep_stack: bool
+    two_sided: bool
+    dtype: torch.dtype
+    device: torch.device
+
+
+def plan_sums(n, shape, so, mopts: MetricsOptions, labels, device, dtype) -> SumsPlan:
+    """Decide the folds, groups, stack and other-side Gram of pass 1 (nothing is read)."""
     mode = so.mode
     m, ncol = shape
     d, e = (m, ncol) if mode == "out" else (ncol, m)
@@ -163,21 +172,65 @@ def gather_sums(open_stream, n, shape, so, mopts, labels, progress, device, dtyp
     two_sided = e * e * elt <= budget
     if not two_sided:
         notes.append(f"two-sided energies and coordinates skipped: the {e}x{e} other-side Gram exceeds max_memory_mb")
+    return SumsPlan(mode, d, e, n, folds, groups, group_by, tuple(group_names), tuple(notes), keep_stack, two_sided,
+                    dtype, device)
 
-    # Pass 1: per-fold and per-group Gram sums, the other side's Gram, the small model stack.
-    parts = heldout.PartitionGrams(folds if folds is not None else np.zeros(n, int), d, e, dtype, device)
-    gparts = heldout.PartitionGrams(groups, d, e, dtype, device) if groups is not None else None
-    other = StackedGram(e, dtype, device) if two_sided else None
-    stack = []
-    with stage("pass 1: fold and group sums"):
-        for i, x in side_matrices(open_stream, n, shape, mode, dtype, device, progress, "metrics: fitting folds"):
-            parts.add(i, x)
-            if gparts is not None:
-                gparts.add(i, x)
-            if other is not None:
-                other.add(x.cogram_factor())
-            if keep_stack:
-                stack.append(x.dense().reshape(-1).cpu().double())
-        g, s, _ = parts.total()
-    return SideSums(mode, d, e, g, s, parts, gparts, other, stack, folds, groups, group_by, group_names, notes,
-                    keep_stack)
+
+@dataclass
+class PartialSums:
+    """Pass 1 over some of the models (a shard): sums that add up across shards.
+
+    ``stack`` holds (model index, flattened model) pairs.  :meth:`absorb` adds another shard's
+    sums to these (the tree reduction of a cluster run); one shard of every model is the local run.
+    """
+
+    parts: heldout.PartitionGrams
+    gparts: heldout.PartitionGrams | None
+    other: StackedGram | None
+    stack: list
+
+    def absorb(self, other: PartialSums) -> PartialSums:
+        """Add ``other``'s sums (over other models) to these; return self."""
+        self.parts.absorb(other.parts)
+        if self.gparts is not None:
+            self.gparts.absorb(other.gparts)
+        if self.other is not None:
+            self.other.absorb(other.other)
+        self.stack.extend(other.stack)
+        return self
+
+    def compact(self) -> PartialSums:
+        """Fold pending buffers into the sums and drop them (before the sums travel)."""
+        self.parts.compact()
+        if self.gparts is not None:
+            self.gparts.compact()
+        if self.other is not None:
+            self.other.compact()
+        return self
+
+
+def accumulate(items: Iterable[tuple[int, LowRank]], plan: SumsPlan) -> PartialSums:
+    """Pass 1 over ``(model index, side matrix)`` pairs: per-fold and per-group Gram sums, the
+    other side's Gram, the small model stack."""
+    n, d, e, dtype, device = plan.n, plan.d, plan.e, plan.dtype, plan.device
+    out = PartialSums(heldout.PartitionGrams(plan.folds if plan.folds is not None else np.zeros(n, int), d, e, dtype,
+                                             device),
+                      heldout.PartitionGrams(plan.groups, d, e, dtype, device) if plan.groups is not None else None,
+                      StackedGram(e, dtype, device) if plan.two_sided else None, [])
+    for i, x in items:
+        out.parts.add(i, x)
+        if out.gparts is not None:
+            out.gparts.add(i, x)
+        if out.other is not None:
+            out.other.add(x.cogram_factor())
+        if plan.keep_stack:
+            out.stack.append((i, x.dense().reshape(-1).cpu().double()))
+    return out
+
+
+def finish_sums(plan: SumsPlan, part: PartialSums) -> SideSums:
+    """The :class:`SideSums` of a plan once every model's partial sums are in ``part``."""
+    g, s, _ = part.parts.total()
+    stack = [t for _, t in sorted(part.stack, key=lambda it: it[0])]
+    return SideSums(plan.mode, plan.d, plan.e, g, s, part.parts, part.gparts, part.other, stack, plan.folds,
+                    plan.groups, plan.group_by, list(plan.group_names), list(plan.notes), plan.keep_stack)

@@ -24,6 +24,9 @@ from explorer.catalog.views import (
     stream_for_view,
     timed,
 )
+from explorer.cluster.connect import connect
+from explorer.cluster.passes import ClusterPasses
+from explorer.cluster.tasks import run_tasks
 from explorer.core.backend import pick_device
 from explorer.core.errors import MemberError
 from explorer.core.progress import ProgressFn
@@ -37,7 +40,7 @@ from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.engine.plan import make_plan
 from explorer.metrics.passes import compute_metrics
 from explorer.metrics.results import MetricsOptions
-from explorer.metrics.sums import side_sums
+from explorer.metrics.local_passes import side_sums
 from explorer.pipeline.cache import ResultCache, family_fingerprint, make_key
 from explorer.pipeline.result import ENGINE_VERSION, Analysis
 from explorer.pipeline.result_io import SCHEMA as RESULT_SCHEMA
@@ -45,7 +48,7 @@ from explorer.pipeline.result_io import from_payload, to_payload
 from explorer.sources.family import Family, Skipped, check_strict
 from explorer.sources.resolve import load_family
 
-__all__ = ["Analysis", "ENGINE_VERSION", "analyze", "analyze_cached", "cache_key"]
+__all__ = ["Analysis", "ENGINE_VERSION", "analysis_payload", "analyze", "analyze_cached", "cache_key"]
 
 
 def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None, row_reader=None) -> Spectrum:
@@ -103,6 +106,7 @@ def analyze(
     progress: ProgressFn | None = None,
     metrics: MetricsOptions | None = MetricsOptions(),
     strict: bool = False,
+    scheduler: str | None = None,
 ) -> Analysis:
     """Decompose one layer group of a family, and compute its metrics and baselines.
 
@@ -124,6 +128,11 @@ def analyze(
     strict : bool
         Refuse a family that has skipped members, or a member whose data holds NaN or Inf,
         instead of leaving them out (``Analysis.skipped`` lists what was left out).
+    scheduler : str, optional
+        Address of a Dask scheduler (``tcp://host:8786``): the models are read and summed on its
+        workers (:mod:`explorer.cluster`), by shards of models for an out/in-mode Gram, else the
+        whole analysis as one task on a worker.  The result is the local one (float64
+        eigenvalues within 1e-12 relative), under the same cache key.
 
     Raises
     ------
@@ -133,18 +142,20 @@ def analyze(
     if strict:
         check_strict(family.source, family.skipped)
     group, view, options = _resolve(family, layer, view, options)
+    client = connect(scheduler) if scheduler else None
     heavy = not is_small(group.shape, len(family.models), pick_device(options.device).type)
     waiting = None if progress is None else (lambda: progress(0, 1, "waiting for another analysis to finish"))
     with heavy_slot(heavy, on_wait=waiting), thread_limit(fair_threads() if heavy else None):
-        return _analyze_retrying(family, group, view, options, progress, metrics, strict)
+        return _analyze_retrying(family, group, view, options, progress, metrics, strict, client)
 
 
 def _analyze_retrying(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
-                      progress: ProgressFn | None, metrics: MetricsOptions | None, strict: bool) -> Analysis:
+                      progress: ProgressFn | None, metrics: MetricsOptions | None, strict: bool,
+                      client=None) -> Analysis:
     """:func:`analyze` after resolving: leave out each member found with NaN/Inf data, and retry."""
     while True:
         try:
-            return _analyze_once(family, group, view, options, progress, metrics)
+            return _analyze_once(family, group, view, options, progress, metrics, client)
         except MemberError as exc:
             if exc.member not in {m.name for m in family.models}:
                 raise  # the base model: not a member that can be left out
@@ -156,9 +167,19 @@ def _analyze_retrying(family: Family, group: LayerGroup, view: str, options: Spe
             family = family.skip([found])
 
 
+def _one_task(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
+              metrics: MetricsOptions | None) -> Analysis:
+    """One whole analysis, here (a cluster worker runs this for a group not split into shards)."""
+    return _analyze_once(family, group, view, options, None, metrics)
+
+
 def _analyze_once(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
-                  progress: ProgressFn | None, metrics: MetricsOptions | None) -> Analysis:
-    """One attempt of :func:`analyze`; raises MemberError at the first member with NaN/Inf data."""
+                  progress: ProgressFn | None, metrics: MetricsOptions | None, client=None) -> Analysis:
+    """One attempt of :func:`analyze`; raises MemberError at the first member with NaN/Inf data.
+
+    With a cluster ``client``, an out/in-mode Gram with metrics is summed by shards on the
+    workers (:class:`ClusterPasses`); any other analysis runs whole as one task on a worker.
+    """
     stream = stream_for_view(family, group, view)
     if metrics is not None:
         # Three passes (decomposition, two metrics passes): read the files once when the
@@ -170,6 +191,12 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
     stream.check(options.mode, options.center, what)
     memory.check(stream.shape, stream.n_models, options.mode, what, options=options, metrics=metrics,
                  ranks=stream.ranks)
+    passes = None
+    if client is not None:
+        if metrics is None or options.mode == "model" or not _forms_gram(stream, options):
+            jobs = [(family, group, view, options, metrics)]
+            return next(run_tasks(client, _one_task, jobs, progress, f"analysing {group.name} on the cluster"))[1]
+        passes = ClusterPasses(client, family, group, view)
     row_reader = None
     if options.mode == "model" and view in ("full", "delta"):
         row_reader = family_row_reader(family, group.tensor, base=family.base if view == "delta" else None)
@@ -180,7 +207,7 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
             spectrum, kernel = _model_spectrum(stream, options, progress, row_reader)
         elif metrics is not None and _forms_gram(stream, options):
             # The metrics' first pass sums the same Gram per fold: build it once, decompose its total.
-            sums = side_sums(stream.open, stream.n_models, stream.shape, options, metrics, labels, progress)
+            sums = side_sums(stream.open, stream.n_models, stream.shape, options, metrics, labels, progress, passes)
             spectrum = decompose_gram(sums.gram, sums.side_sum, stream.n_models, stream.shape, options,
                                       method="factored" if isinstance(stream, FactorStream) else "exact")
         else:
@@ -192,7 +219,7 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
         with stage("metrics"):
             result = compute_metrics(stream.open, stream.n_models, stream.shape, spectrum.basis, options, metrics,
                                      labels, progress, null_ranks=stream.ranks, kernel=kernel, sums=sums,
-                                     null_widths=getattr(stream, "widths", None))
+                                     null_widths=getattr(stream, "widths", None), passes=passes)
     return Analysis(
         family=family.name,
         source=family.source,
@@ -206,6 +233,12 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
         labels=labels,
         skipped=list(family.skipped),
     )
+
+
+def analysis_payload(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
+                     metrics: MetricsOptions | None, strict: bool = False):
+    """The cache payload of one analysis computed here: a cluster worker's task in an atlas."""
+    return to_payload(analyze(family, group, view=view, options=options, metrics=metrics, strict=strict))
 
 
 def _key_for(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
@@ -251,6 +284,7 @@ def analyze_cached(
     cache: ResultCache | None = None,
     *,
     strict: bool = False,
+    scheduler: str | None = None,
 ) -> Analysis:
     """:func:`analyze` through the disk cache, from small hashable arguments only.
 
@@ -270,7 +304,7 @@ def analyze_cached(
     store = cache or ResultCache()
     payload, hit = store.get_or_compute(
         key, lambda: to_payload(analyze(family, group, view=view, options=options, progress=progress,
-                                        metrics=metrics, strict=strict))
+                                        metrics=metrics, strict=strict, scheduler=scheduler))
     )
     result = from_payload(*payload)
     result.cache_key, result.from_cache = key, hit

@@ -23,12 +23,14 @@ import numpy as np
 
 from explorer.catalog.groups import LayerGroup, build_catalog
 from explorer.catalog.views import views_for
+from explorer.cluster.connect import connect
+from explorer.cluster.tasks import run_tasks
 from explorer.core.errors import OptionError
 from explorer.core.progress import ProgressFn
 from explorer.engine.options import SpectralOptions
 from explorer.metrics.results import MetricsOptions
 from explorer.metrics.verdict import ALPHA, Verdict, holm
-from explorer.pipeline.analyze import analyze_cached
+from explorer.pipeline.analyze import analysis_payload, analyze_cached, cache_key
 from explorer.pipeline.cache import ResultCache
 from explorer.pipeline.result import Analysis
 from explorer.pipeline.shared_init import InitCheck, init_clusters_of, shared_init_check
@@ -111,11 +113,36 @@ def atlas_plan(family: Family, modules: str | None = None, views: Sequence[str] 
     return plan
 
 
+def prefetch(family: Family, plan: Sequence[tuple[LayerGroup, str]], options: SpectralOptions,
+             metrics: MetricsOptions, cache: ResultCache, scheduler: str, strict: bool = False,
+             progress: ProgressFn | None = None) -> int:
+    """Compute the planned analyses missing from ``cache`` on the cluster; return how many.
+
+    Layer groups are independent tasks (each a whole analysis on one worker, its files read
+    there); each payload is stored under its own key as it arrives, so an interrupted run keeps
+    what finished and the entries are exactly those a local run would store.
+    """
+    jobs, keys = [], []
+    for g, v in plan:
+        key = cache_key(family, g, v, options, metrics)
+        if not cache.path(key).exists():
+            jobs.append((g, v))
+            keys.append(key)
+    if not jobs:
+        return 0
+    client = connect(scheduler)
+    fam = client.scatter(family, broadcast=True, hash=False)  # once per worker, not once per task
+    tasks = [(fam, g, v, options, metrics, strict) for g, v in jobs]
+    for i, payload in run_tasks(client, analysis_payload, tasks, progress, "atlas (cluster)"):
+        cache.get_or_compute(keys[i], lambda p=payload: p)
+    return len(jobs)
+
+
 def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] = DEFAULT_VIEWS,
               k: int | None = None, options: SpectralOptions = SpectralOptions(),
               metrics: MetricsOptions = MetricsOptions(), progress: ProgressFn | None = None,
               cache: ResultCache | None = None, alpha: float = ALPHA, strict: bool = False,
-              init_check: bool = True) -> Atlas:
+              init_check: bool = True, scheduler: str | None = None) -> Atlas:
     """Analyse every planned (group, view) through the cache and judge each, Holm-adjusted.
 
     Parameters
@@ -132,10 +159,16 @@ def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] =
     init_check : bool
         LoRA groups: cluster the adapters by A initialisation and, where some share one, give the
         verdict within each cluster too (:mod:`explorer.pipeline.shared_init`; unadjusted p-values).
+    scheduler : str, optional
+        Dask scheduler address: the entries missing from the cache are computed on its workers,
+        one task per (group, view), and stored in the local cache as they arrive (:func:`prefetch`).
     """
     if k is not None and k < 1:
         raise OptionError(f"--k must be >= 1, got {k}")
     plan = atlas_plan(family, modules, views)
+    if scheduler:
+        cache = cache or ResultCache()
+        prefetch(family, plan, options, metrics, cache, scheduler, strict, progress)
     analyses = []
     for i, (g, v) in enumerate(plan):
         if progress is not None:

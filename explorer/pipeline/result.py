@@ -26,7 +26,9 @@ from explorer.sources.family import Skipped
 # with a band of stated coverage (metrics.null_spec).
 # 11: group x group overlaps carry their permutation null (metrics.permutation); subsampling
 # (metrics.subsample): k(tau) against N and the half-sampling band of the scree.
-ENGINE_VERSION = "11"
+# 12: directions of a refitted fold / leave-one-out basis at the Gram's numerical floor are zero
+# (core.topk.refit_basis): held-out curves are flat beyond the fit's rank, not rounding noise.
+ENGINE_VERSION = "12"
 __all__ = ["ENGINE_VERSION", "Analysis"]
 
 
