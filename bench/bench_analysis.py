@@ -68,15 +68,23 @@ def make_family(folder: Path, n: int, p: dict) -> Path:
         gi = torch.Generator().manual_seed(1000 + i)
         factors = {}
         for module, out in outs.items():
-            # A: Kaiming-like random init plus a small shared part; B: shared directions + noise.
-            a = torch.randn(r, d, generator=gi, dtype=torch.float64) / d**0.5
-            a += 0.05 * (torch.randn(r, PLANT, generator=gi, dtype=torch.float64) * decay) @ qa
-            b = 0.01 * out @ (torch.randn(PLANT, r, generator=gi, dtype=torch.float64) * decay[:, None])
-            b += 0.002 * torch.randn(out.shape[0], r, generator=gi, dtype=torch.float64)
-            factors[module] = (a.to(torch.bfloat16), b.to(torch.bfloat16))
+            factors[module] = planted_pair(gi, qa, out, r, decay)
         write_adapter(folder / f"adapter-{i:04d}", factors, r, 32.0)
     stamp.write_text(recipe)
     return folder
+
+
+def planted_pair(gi, qa, out, r: int, decay):
+    """One adapter's (A, B), bf16: A a Kaiming-like init plus a small part in the shared input
+    directions ``qa`` (PLANT x d); B the shared output directions ``out`` (m x PLANT) plus noise."""
+    import torch
+
+    d = qa.shape[1]
+    a = torch.randn(r, d, generator=gi, dtype=torch.float64) / d**0.5
+    a += 0.05 * (torch.randn(r, PLANT, generator=gi, dtype=torch.float64) * decay) @ qa
+    b = 0.01 * out @ (torch.randn(PLANT, r, generator=gi, dtype=torch.float64) * decay[:, None])
+    b += 0.002 * torch.randn(out.shape[0], r, generator=gi, dtype=torch.float64)
+    return a.to(torch.bfloat16), b.to(torch.bfloat16)
 
 
 def adapter_dirs(folder: Path) -> list[Path]:
