@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from explorer.cli.common import (
     load,
     report_skipped,
     run_analysis,
+    run_cache,
     scheduler_of,
 )
 from explorer.core.atomic import atomic_write_bytes
@@ -29,7 +29,6 @@ from explorer.metrics.results import MetricsOptions
 from explorer.outputs.export import basis_safetensors
 from explorer.outputs.report import models_table, spectrum_table, write_report
 from explorer.pipeline.atlas import run_atlas
-from explorer.pipeline.cache import ResultCache
 from explorer.present.atlas import atlas_table
 from explorer.present.curves import coverage_curves
 from explorer.zoo import registry
@@ -181,9 +180,7 @@ def _cmd_atlas(args, progress) -> int:
         raise OptionError(f"--views {args.views!r}: each must be one of {', '.join(VIEWS)}")
     fam = load(args, progress)
     opts = SpectralOptions(center=args.center, dtype=args.dtype, device=args.device, seed=args.seed)
-    cache = None if args.no_cache else ResultCache(args.cache_dir) if args.cache_dir else None
-    if args.no_cache:
-        cache = ResultCache(tempfile.mkdtemp(prefix="explorer-atlas-"))  # resumable within this run only
+    cache = run_cache(args, "atlas")
     atlas = run_atlas(fam, args.modules, views, args.k, opts, MetricsOptions(seed=args.seed, null_draws=args.null_draws),
                       progress, cache,
                       strict=args.strict, init_check=not args.no_init_check, scheduler=scheduler_of(args))

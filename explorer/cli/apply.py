@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,11 @@ from explorer.apply.merge_rules import MERGE_METHODS, MergeOptions
 from explorer.apply.newcomer import project_newcomers
 from explorer.apply.peft_export import write_peft_adapters
 from explorer.catalog.views import VIEWS
-from explorer.cli.common import add_cache_args, add_family_args, cache_of, load, report_skipped
+from explorer.cli.common import add_cache_args, add_family_args, load, report_skipped, run_analysis, run_cache
 from explorer.core.atomic import atomic_write_bytes
 from explorer.core.backend import DEVICES, DTYPES
 from explorer.core.errors import OptionError
 from explorer.engine.options import CENTERS, MODES, SpectralOptions
-from explorer.metrics.results import MetricsOptions
-from explorer.pipeline.analyze import analyze, analyze_cached
-from explorer.pipeline.cache import ResultCache
 from explorer.zoo.evaluators import evaluator_for
 
 FORMATS = ("bundle", "peft")
@@ -109,8 +105,7 @@ def _cmd_compress(args, progress) -> int:
     views = [v.strip() for v in args.views.split(",") if v.strip()] if args.views else None
     fam = load(args, progress)
     opts = SpectralOptions(center=args.center, dtype=args.dtype, device=args.device)
-    # --no-cache: a private cache for this run only (the shared one is neither read nor written).
-    cache = ResultCache(tempfile.mkdtemp(prefix="explorer-compress-")) if args.no_cache else cache_of(args)
+    cache = run_cache(args, "compress")
     comp = compress_family(fam, args.layer if not args.all else None, args.k, args.tau, views, opts,
                            args.store_dtype, cache, progress, args.strict)
     if args.format == "peft":
@@ -151,13 +146,7 @@ def _cmd_project(args, progress) -> int:
     fam = load(args, progress, source=args.onto)
     new = load(args, progress, source=args.new_source)
     opts = SpectralOptions(mode=args.mode, center=args.center, dtype=args.dtype, device=args.device, seed=args.seed)
-    metrics = MetricsOptions(seed=args.seed, null_draws=args.null_draws)
-    if args.no_cache:
-        res = analyze(fam, args.layer, view=args.view, options=opts, progress=progress, metrics=metrics,
-                      strict=args.strict)
-    else:
-        res = analyze_cached(fam, args.layer, args.view, opts, metrics, progress=progress, cache=cache_of(args),
-                             strict=args.strict)
+    res = run_analysis(args, fam, args.layer, progress, opts)  # --k is the projection's, not the analysis'
     proj = project_newcomers(new, fam, res, args.k, args.nearest)
     doc = proj.to_json()
     n_skipped = report_skipped([res, proj.skipped], progress)
@@ -180,7 +169,7 @@ def _cmd_merge(args, progress) -> int:
     fam = load(args, progress)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     spectral = SpectralOptions(center=args.center, dtype=args.dtype, device=args.device)
-    cache = ResultCache(tempfile.mkdtemp(prefix="explorer-merge-")) if args.no_cache else cache_of(args)
+    cache = run_cache(args, "merge")
 
     def run(method: str):
         opts = MergeOptions(method=method, k=args.k, lam=args.lam, density=args.density)

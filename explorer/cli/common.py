@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 
 from explorer.catalog.views import VIEWS
 from explorer.cluster.connect import SCHEDULER_ENV, scheduler_address
@@ -86,9 +87,20 @@ def cache_of(args) -> ResultCache | None:
     return ResultCache(args.cache_dir) if getattr(args, "cache_dir", None) else None
 
 
-def run_analysis(args, fam, layer: str, progress) -> Analysis:
-    """One analysis through the disk cache (unless --no-cache), sharing the app's pipeline."""
-    opts = spectral_options(args)
+def run_cache(args, prefix: str) -> ResultCache | None:
+    """The cache of a command that runs several analyses: with --no-cache a private one for this run
+    only (in a temp folder: the shared cache is neither read nor written, yet the run's own
+    analyses are shared among its steps, and an interrupted run resumes within it), else
+    :func:`cache_of`."""
+    return ResultCache(tempfile.mkdtemp(prefix=f"explorer-{prefix}-")) if args.no_cache else cache_of(args)
+
+
+def run_analysis(args, fam, layer: str, progress, opts: SpectralOptions | None = None) -> Analysis:
+    """One analysis through the disk cache (unless --no-cache), sharing the app's pipeline.
+
+    ``opts`` defaults to :func:`spectral_options` of the arguments (commands whose --k means
+    something else pass their own)."""
+    opts = opts or spectral_options(args)
     metrics = MetricsOptions(seed=args.seed, null_draws=args.null_draws)
     if args.no_cache:
         return analyze(fam, layer, view=args.view, options=opts, progress=progress, metrics=metrics,

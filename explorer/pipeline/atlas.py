@@ -186,7 +186,7 @@ def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] =
         if init_check and g.kind == "lora":
             if g.name not in clusters:  # one clustering per group, whatever the views
                 clusters[g.name] = init_clusters_of(family, g)
-            init = shared_init_check(family, g, v, options, metrics, cache, k, strict, clusters[g.name])
+            init = shared_init_check(family, g, v, options, metrics, cache, k, strict, clusters[g.name], scheduler)
         entries.append(AtlasEntry(g, v, a, verdict, init))
     skipped: dict[str, Skipped] = {s.name: s for s in family.skipped}
     for a in analyses:

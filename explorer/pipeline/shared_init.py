@@ -79,11 +79,13 @@ def init_clusters_of(family: Family, group: str | LayerGroup) -> InitClusters | 
 
 def shared_init_check(family: Family, group: str | LayerGroup, view: str, options: SpectralOptions = SpectralOptions(),
                       metrics: MetricsOptions = MetricsOptions(), cache: ResultCache | None = None, k: int | None = None,
-                      strict: bool = False, clusters: InitClusters | None = None) -> InitCheck | None:
+                      strict: bool = False, clusters: InitClusters | None = None,
+                      scheduler: str | None = None) -> InitCheck | None:
     """Cluster a LoRA group's adapters by A init; verdict within each cluster of >= 3 members.
 
     Returns None for a dense group.  Without a shared init (no cluster) nothing is analysed again:
-    the family's own verdict is the within-cluster one.
+    the family's own verdict is the within-cluster one.  ``scheduler``: each cluster's analysis is
+    computed on that Dask cluster (:func:`explorer.pipeline.analyze.analyze`).
     """
     g = _lora_group(family, group)
     if g is None:
@@ -101,6 +103,6 @@ def shared_init_check(family: Family, group: str | LayerGroup, view: str, option
                 continue
             keep = set(members)
             sub = replace(family, models=[m for m in family.models if m.name in keep])
-            res = analyze_cached(sub, g.name, view, options, metrics, cache=cache, strict=strict)
+            res = analyze_cached(sub, g.name, view, options, metrics, cache=cache, strict=strict, scheduler=scheduler)
             within.append(ClusterVerdict(c, members, res.verdict(k), res.cache_key))
     return InitCheck(g.name, view, clusters, within)
