@@ -14,7 +14,20 @@ from explorer.pipeline.shared_init import shared_init_check
 from explorer.present.curves import cumulative_matrix
 from explorer.present.tables import layer_summary
 
-sel, res = ui.page_analysis("Spectrum", "📉", "Spectrum")
+
+
+def scree_preview(sel: ui.Selection, sp) -> None:
+    """The scree from the spectrum alone, while the null band, held-out curves and verdict are computed."""
+    n_comp = len(sp.eigenvalues)
+    n_max = min(max(4, int(st.session_state.get("spectrum_ncomp") or 64)), n_comp)
+    st.plotly_chart(scree_figure(sp, sel.tau, log_y=bool(st.session_state.get("spectrum_log")), max_components=n_max,
+                                 title=f"{sel.layer} · {sp.mode}-mode · centering {sel.center}"),
+                    key="spectrum_preview")
+    st.caption(f"{sp.n_models} models decomposed; the Gaussian null band, the held-out curves and the verdict are "
+               "being computed (see the progress above).")
+
+
+sel, res = ui.page_analysis("Spectrum", "📉", "Spectrum", preview=scree_preview)
 sp, m = res.spectrum, res.metrics
 left, right = st.columns([3, 1])
 with right:

@@ -122,3 +122,48 @@ def test_factored_metrics_equal_dense_metrics(mode, center):
 def _part(metrics, path: str):
     """``metrics.heldout.kfold`` for ``"heldout.kfold"``; None when a part is absent."""
     return reduce(lambda obj, name: None if obj is None else getattr(obj, name), path.split("."), metrics)
+
+
+def test_spectrum_is_heard_before_the_metrics(fam, tmp_path):
+    """``on_spectrum`` gets the decomposed spectrum once, before the metrics run (the app's preview),
+    and equals the result's; a cache hit computes nothing and calls nothing."""
+    from explorer.pipeline.analyze import analyze_cached
+    from explorer.pipeline.cache import ResultCache
+
+    events: list = []
+    heard: list = []
+
+    def progress(done, total, label):
+        events.append(label)
+
+    def on_spectrum(sp):
+        heard.append(sp)
+        events.append("spectrum")
+
+    cache = ResultCache(tmp_path / "results")
+    opts = MetricsOptions(folds=3, null_draws=3)
+    a = analyze_cached(fam, "layers.0", None, SpectralOptions(device="cpu"), opts, progress=progress, cache=cache,
+                       on_spectrum=on_spectrum)
+    assert len(heard) == 1
+    np.testing.assert_array_equal(heard[0].eigenvalues, a.spectrum.eigenvalues)
+    np.testing.assert_array_equal(heard[0].basis, a.spectrum.basis)
+    # Heard after the first pass and before the second (the metrics' own pass over the models).
+    assert 0 < events.index("spectrum") < len(events) - 1
+    b = analyze_cached(fam, "layers.0", None, SpectralOptions(device="cpu"), opts, cache=cache,
+                       on_spectrum=on_spectrum)
+    assert b.from_cache and len(heard) == 1
+    # Without metrics there is nothing to wait for: no call.
+    analyze(fam, "layers.0", metrics=None, on_spectrum=on_spectrum)
+    assert len(heard) == 1
+
+
+def test_costly_null_draws_report_progress(monkeypatch):
+    from explorer.metrics import baselines
+
+    spec = null_spec.dense_null_spec(np.full(6, 40.0), 10, 4)
+    calls: list = []
+    baselines.null_band(spec, 7, progress=lambda *c: calls.append(c))
+    assert calls == []  # cheap draws: no per-draw updates
+    monkeypatch.setattr(baselines, "PROGRESS_FLOPS", 0.0)
+    baselines.null_band(spec, 7, progress=lambda *c: calls.append(c))
+    assert calls == [(t, 7, "Gaussian null draws") for t in range(1, 8)]

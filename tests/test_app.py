@@ -283,3 +283,18 @@ def test_spectrum_page_states_the_verdict_and_the_shared_init_check():
     found = [m.value for m in at.markdown if m.value.startswith("Found: ")]
     assert found and "share an A initialisation" in found[0]
     assert any(m.value.startswith("- **independent inits**") for m in at.markdown)
+
+
+def test_spectrum_preview_on_a_miss_leaves_the_page_as_a_hit_draws_it(family_factory):
+    """A computed analysis first draws the scree from the spectrum alone (pages/1_Spectrum.py's
+    scree_preview, while the metrics run); once it returns the preview is gone and the page is
+    exactly what a cache hit draws."""
+    rng = np.random.default_rng(7)
+    mats = {f"m{i}": {"layers.0.weight": rng.standard_normal((12, 9))} for i in range(6)}
+    folder = str(family_factory("preview-fam", mats))
+    cold = start_app("pages/1_Spectrum.py", source=folder, layer="layers.0")
+    assert not cold.exception and not cold.error
+    warm = start_app("pages/1_Spectrum.py", source=folder, layer="layers.0")
+    assert not warm.exception and not warm.error
+    assert list(charts(cold)) == list(charts(warm))
+    assert len(cold.get("plotly_chart")) == len(warm.get("plotly_chart")) == 3

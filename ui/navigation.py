@@ -6,9 +6,12 @@ with :func:`page_setup` or :func:`page_analysis`, which rebuild everything it ne
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import streamlit as st
 
 import explorer
+from explorer.engine.options import Spectrum
 from ui.compute import analysis
 from ui.guide import family_guide, no_family
 from ui.notices import link_warnings, remember_link, skipped_warning
@@ -63,15 +66,19 @@ def page_family(title: str, icon: str, heading: str) -> Selection:
     return sel
 
 
-def page_analysis(title: str, icon: str, heading: str) -> tuple[Selection, explorer.Analysis]:
+def page_analysis(title: str, icon: str, heading: str,
+                  preview: Callable[[Selection, Spectrum], None] | None = None) -> tuple[Selection, explorer.Analysis]:
     """The start of every view page: set-up, sidebar, heading, then the selection's analysis.
+
+    ``preview(sel, spectrum)`` draws a first chart while a computed analysis is still on its
+    metrics (:func:`ui.compute.compute`).
 
     Stops the page when there is nothing to show: after the guide (:func:`ui.guide.family_guide`)
     while no family is chosen, after an ``st.error`` when one cannot be used; members the
     analysis left out are named in one ``st.warning`` above the charts.
     """
     sel = page_family(title, icon, heading)
-    res = analysis(sel)
+    res = analysis(sel, None if preview is None else (lambda spectrum: preview(sel, spectrum)))
     if res is None:
         st.stop()
     skipped_warning(res.skipped)

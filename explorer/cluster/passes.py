@@ -18,6 +18,7 @@ from __future__ import annotations
 from explorer.catalog.groups import LayerGroup
 from explorer.cluster.connect import n_workers
 from explorer.cluster.shards import measure_task, merge_task, shard_bounds, shard_family, sums_task
+from explorer.cluster.tasks import follow
 from explorer.core.progress import ProgressFn
 from explorer.core.timing import stage
 from explorer.metrics.measure import MeasureContext, Measured
@@ -60,20 +61,8 @@ class ClusterPasses:
 
     def _follow(self, leaves: list, progress: ProgressFn | None, label: str, also: list = ()) -> None:
         """Progress (models done) as shards finish; the first failure is raised, the rest cancelled."""
-        from distributed import as_completed  # only on the cluster path
-
-        size = {f.key: i1 - i0 for f, (i0, i1) in zip(leaves, self.bounds)}
-        done = 0
-        try:
-            for future in as_completed(leaves, loop=self.client.loop):
-                if future.status == "error":
-                    future.result()  # raises the worker's exception (a MemberError names its member)
-                done += size[future.key]
-                if progress is not None:
-                    progress(done, self.n, label)
-        except BaseException:
-            self.client.cancel(list(leaves) + list(also))
-            raise
+        for _ in follow(self.client, leaves, progress, label, [i1 - i0 for i0, i1 in self.bounds], also):
+            pass
 
     def sums(self, plan: SumsPlan, progress: ProgressFn | None = None) -> SideSums:
         """Pass 1: the fold and group sums of every model, added up on the workers."""

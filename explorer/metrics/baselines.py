@@ -16,6 +16,8 @@ import scipy.stats
 import torch
 
 from explorer.core.errors import OptionError
+from explorer.core.progress import ProgressFn
+from explorer.engine.gram import sym_update_
 from explorer.metrics.null_spec import NullSpec, mp_edge, mp_edge_evr, raw_energies
 from explorer.metrics.results import NullBand
 
@@ -31,6 +33,8 @@ NULL_DTYPE = torch.float32
 KEEP_COMPONENTS = 256
 # Nominal coverage of every band: 5 % to 95 %.
 LEVEL = 0.90
+# Draws costlier than this (about 0.1 s here) report progress, one call each.
+PROGRESS_FLOPS = 1e10
 # Largest Gram side whose null draws also give the per-model fitted curve (eigenvectors: ~3x the cost).
 FITTED_SIDE = 512
 
@@ -63,14 +67,23 @@ def _wishart_factors(d: int, dof: int, count: int, rng: np.random.Generator) -> 
 
 
 def _rescaled(blk: np.ndarray, target: np.ndarray, axes: tuple[int, int] = (1, 2)) -> np.ndarray:
-    """Blocks times the factors that make each ||blk_i||^2 = target_i (blocks indexed by the axis not
-    in ``axes``): each model's norm exactly (the law of Gaussian data given its norms, X / ||X||
-    being independent of ||X||)."""
-    nf = (blk * blk).sum(axis=axes, dtype=np.float64)
+    """Blocks scaled in place so that each ||blk_i||^2 = target_i (blocks indexed by the axis not in
+    ``axes``): each model's norm exactly (the law of Gaussian data given its norms, X / ||X||
+    being independent of ||X||).  Norms are summed in float64 by slabs of models, so no temporary
+    as large as the draw (131 MB at 500 rank-16 models of side 4096) is made."""
+    model_axis = ({0, 1, 2} - set(axes)).pop()
+    count = blk.shape[model_axis]
+    per_model = blk.size // max(count, 1)
+    step = max(1, (16 << 20) // max(8 * per_model, 1))
+    nf = np.empty(count)
+    for a in range(0, count, step):
+        part = np.take(blk, np.arange(a, min(a + step, count)), axis=model_axis).astype(np.float64)
+        nf[a:a + step] = (part * part).sum(axis=axes)
     scale = np.sqrt(np.divide(target, nf, out=np.ones_like(nf), where=nf > 0)).astype(blk.dtype)
     shape = [1, 1, 1]
-    shape[({0, 1, 2} - set(axes)).pop()] = -1
-    return blk * scale.reshape(shape)
+    shape[model_axis] = -1
+    blk *= scale.reshape(shape)
+    return blk
 
 
 def _by_dof(spec: NullSpec):
@@ -165,14 +178,18 @@ def _draw(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype, k_fitted
     (each block's Gram is its model's, so U^T block has the model's captured energy)."""
     if spec.center != "none" and spec.factored:
         g, y = _centred_factored_gram(spec, rng, dtype), None
-    else:
-        y = torch.from_numpy(_centred_dense(spec, rng) if spec.center != "none" else _raw_factor(spec, rng)).to(dtype)
-        # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.
-        g = y.T @ y if y.shape[1] < spec.d and not k_fitted else y @ y.T
-    g = (g + g.T) / 2
-    if not k_fitted or y is None:
-        return np.clip(torch.linalg.eigvalsh(g).double().numpy()[::-1], 0.0, None), None
-    vals, vecs = torch.linalg.eigh(g)
+        return np.clip(torch.linalg.eigvalsh((g + g.T) / 2).double().numpy()[::-1], 0.0, None), None
+    y = torch.from_numpy(_centred_dense(spec, rng) if spec.center != "none" else _raw_factor(spec, rng)).to(dtype)
+    if not k_fitted:
+        # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.  Only the upper block
+        # triangle is computed (torch has no syrk; 3/8 of the product saved at side 4096), which
+        # is all the eigensolver reads.
+        side = y.T if y.shape[1] < spec.d else y
+        g = torch.zeros(side.shape[0], side.shape[0], dtype=dtype)
+        sym_update_(g, side)
+        return np.clip(torch.linalg.eigvalsh(g, UPLO="U").double().numpy()[::-1], 0.0, None), None
+    g = y @ y.T
+    vals, vecs = torch.linalg.eigh((g + g.T) / 2)
     kk = min(k_fitted, spec.d)
     proj = (vecs[:, -kk:].flip(-1).T @ y).double().numpy() ** 2          # (k, width)
     widths = _block_widths(spec)
@@ -184,7 +201,7 @@ def _draw(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype, k_fitted
 
 
 def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dtype | None = None,
-                     k_fitted: int = 0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                     k_fitted: int = 0, progress: ProgressFn | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Eigenvalues of the null Gram for ``draws`` seeded draws (no budget applied here).
 
     Parameters
@@ -197,6 +214,8 @@ def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dty
         same numbers either way.
     k_fitted : int
         When > 0, also each draw's mean per-model in-sample captured energy at k = 1..k_fitted.
+    progress : callable(done, total, label), optional
+        Called after each draw when draws are costly (:data:`PROGRESS_FLOPS`).
 
     Returns
     -------
@@ -209,11 +228,14 @@ def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dty
     dtype = NULL_DTYPE if dtype is None else dtype
     out = np.zeros((draws, d))
     fitted = np.full((draws, min(k_fitted, d)), np.nan)
+    report = progress if progress is not None and spec.flops_per_draw() >= PROGRESS_FLOPS else None
     for t in range(draws):
         vals, curve = _draw(spec, np.random.default_rng([seed, t]), dtype, k_fitted)
         out[t, :len(vals[:d])] = vals[:d]
         if curve is not None:
             fitted[t] = curve
+        if report is not None:
+            report(t + 1, draws, "Gaussian null draws")
     return (out, fitted) if k_fitted else out
 
 
@@ -249,18 +271,21 @@ def band_limits(a: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.nda
     return med, a[0].copy(), a[0].copy(), 0.0, "one draw: no band"
 
 
-def null_band(spec: NullSpec, draws: int = 100, seed: int = 0, k_fitted: int = 0) -> NullBand:
+def null_band(spec: NullSpec, draws: int = 100, seed: int = 0, k_fitted: int = 0,
+              progress: ProgressFn | None = None) -> NullBand:
     """The null's median and band of its EVR and cumulative EVR curves, within the draw budget.
 
     ``k_fitted`` > 0 (at sides <= :data:`FITTED_SIDE`, where the eigenvectors are cheap) also keeps
     each draw's mean per-model in-sample captured energy at k = 1..k_fitted: the like-for-like
     companion of the fitted coverage curve (a mean over models, not a share of pooled energy).
+    ``progress`` hears of each costly draw (seconds each at side 4096).
     """
     made = affordable_draws(spec, draws)
     k_fitted = k_fitted if spec.d <= FITTED_SIDE and not (spec.factored and spec.center != "none") else 0
     if not k_fitted:
-        return band_from_eigenvalues(null_eigenvalues(spec, made, seed), mp_edge_evr(spec), spec.construction, draws)
-    eig, fitted = null_eigenvalues(spec, made, seed, k_fitted=k_fitted)
+        return band_from_eigenvalues(null_eigenvalues(spec, made, seed, progress=progress), mp_edge_evr(spec),
+                                     spec.construction, draws)
+    eig, fitted = null_eigenvalues(spec, made, seed, k_fitted=k_fitted, progress=progress)
     band = band_from_eigenvalues(eig, mp_edge_evr(spec), spec.construction, draws)
     band.fitted_draws = fitted
     return band

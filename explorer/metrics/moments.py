@@ -1,6 +1,7 @@
 """Each model's own Gram and matrix, kept side by side (:class:`ModelMoments`): the sums that any
 subset of the models needs for a fit of its own — a subsample (:mod:`subsample`), a relabelled
-group (:mod:`permutation`) — built once per analysis and shared by both."""
+group (:mod:`permutation`) — built once per analysis and shared by both; and the models' inner
+products (:func:`stack_kernel`), the side modes' model kernel."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,6 +42,39 @@ class ModelMoments:
         """The moments of the models ``index`` (an index array), in that order."""
         idx = torch.as_tensor(index, dtype=torch.long)
         return ModelMoments(self.grams[idx], self.sums[idx], self.d, self.e)
+
+
+# Columns of the models' stack gathered per product in :func:`stack_kernel`: an N x w slab of
+# about 32 MiB, so the kernel never copies the whole N x mn stack (262 MB at 500 rank-16 factors).
+KERNEL_SLAB_BYTES = 32 << 20
+
+
+def stack_kernel(stack: Sequence[torch.Tensor], z: torch.Tensor | None = None) -> torch.Tensor:
+    """K_ij = <X_i - Z, X_j - Z> of flattened models, summed over column slabs.
+
+    Parameters
+    ----------
+    stack : sequence of Tensor, each shape (mn,)
+        The models, flattened.
+    z : Tensor, optional
+        The centre (any shape with mn entries); None for no centring.
+
+    Returns
+    -------
+    Tensor, shape (N, N)
+        float64.
+    """
+    n = len(stack)
+    mn = int(stack[0].numel())
+    kernel = torch.zeros(n, n, dtype=torch.float64)
+    zf = None if z is None else z.reshape(-1).cpu().double()
+    w = max(1, KERNEL_SLAB_BYTES // (8 * n))
+    for c0 in range(0, mn, w):
+        slab = torch.stack([t[c0:c0 + w] for t in stack]).double()
+        if zf is not None:
+            slab -= zf[c0:c0 + w]
+        kernel.addmm_(slab, slab.T)
+    return kernel
 
 
 def as_moments(x: ModelMoments | Sequence[torch.Tensor]) -> ModelMoments:

@@ -36,7 +36,7 @@ from explorer.core.timing import stage
 from explorer.core.topk import refit_basis
 from explorer.metrics import angles, baselines, null_spec, permutation, subsample
 from explorer.metrics.model_mode import LOO_FLOPS, model_mode_metrics, set_null
-from explorer.metrics.moments import ModelMoments
+from explorer.metrics.moments import ModelMoments, stack_kernel
 from explorer.metrics.results import (
     Groups,
     HeldOut,
@@ -230,14 +230,12 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
                      f"{d}x{d} Gram in memory")
     if keep_stack:
         with stage("model kernel"):
-            xs = torch.stack(stack)
-            if z is not None:
-                xs = xs - z.reshape(-1).cpu().double()
-            res.kernel = (xs @ xs.T).numpy()
+            res.kernel = stack_kernel(stack, z).numpy()
             res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
     if mopts.null_draws and norms2.any():
         with stage("null"):
-            set_null(res, side_null(norms2, d, e, center, mopts, null_ranks, null_widths, notes, k_fitted=kk))
+            set_null(res, side_null(norms2, d, e, center, mopts, null_ranks, null_widths, notes, k_fitted=kk,
+                                    progress=progress))
     return res
 
 
@@ -245,7 +243,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
 
 def side_null(norms2: np.ndarray, d: int, e: int, center: str, mopts: MetricsOptions,
               ranks: Sequence[int] | None = None, widths: Sequence[int] | None = None,
-              notes: list[str] | None = None, k_fitted: int = 0) -> NullBand:
+              notes: list[str] | None = None, k_fitted: int = 0, progress: ProgressFn | None = None) -> NullBand:
     """The strength-matched Gaussian null of an out/in-mode analysis, from its models' norms.
 
     Parameters
@@ -265,12 +263,14 @@ def side_null(norms2: np.ndarray, d: int, e: int, center: str, mopts: MetricsOpt
         Gets a note when the budget cut the draws.
     k_fitted : int
         Also the null's per-model fitted curve at k = 1..k_fitted where cheap (:func:`baselines.null_band`).
+    progress : callable(done, total, label), optional
+        Hears of each costly null draw.
     """
     if ranks is not None:
         spec = null_spec.factored_null_spec(norms2, d, e, np.asarray(ranks, dtype=np.int64), center)
     else:
         spec = null_spec.dense_null_spec(norms2, d, e, center, None if widths is None else np.asarray(widths))
-    band = baselines.null_band(spec, mopts.null_draws, mopts.seed, k_fitted)
+    band = baselines.null_band(spec, mopts.null_draws, mopts.seed, k_fitted, progress)
     if notes is not None and band.draws < band.draws_asked:
         notes.append(f"Gaussian null: {band.draws} draws of {band.draws_asked} asked ({d} x {d} Grams are costly); "
                      f"its band is a {band.band_method} and holds {100 * band.coverage:.0f} % of null spectra")

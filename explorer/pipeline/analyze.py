@@ -12,6 +12,7 @@ Both end up in ``Analysis.skipped``.  ``strict=True`` refuses instead, naming th
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Callable
 
 import torch
 
@@ -48,7 +49,10 @@ from explorer.pipeline.result_io import from_payload, to_payload
 from explorer.sources.family import Family, Skipped, check_strict
 from explorer.sources.resolve import load_family
 
-__all__ = ["Analysis", "ENGINE_VERSION", "analysis_payload", "analyze", "analyze_cached", "cache_key"]
+__all__ = ["Analysis", "ENGINE_VERSION", "SpectrumFn", "analysis_payload", "analyze", "analyze_cached", "cache_key"]
+
+SpectrumFn = Callable[[Spectrum], None]
+"""Hears of the spectrum as soon as it is decomposed (:func:`analyze`'s ``on_spectrum``)."""
 
 
 def _spectrum(stream, options: SpectralOptions, progress: ProgressFn | None, row_reader=None) -> Spectrum:
@@ -107,6 +111,7 @@ def analyze(
     metrics: MetricsOptions | None = MetricsOptions(),
     strict: bool = False,
     scheduler: str | None = None,
+    on_spectrum: SpectrumFn | None = None,
 ) -> Analysis:
     """Decompose one layer group of a family, and compute its metrics and baselines.
 
@@ -133,6 +138,11 @@ def analyze(
         workers (:mod:`explorer.cluster`), by shards of models for an out/in-mode Gram, else the
         whole analysis as one task on a worker.  The result is the local one (float64
         eigenvalues within 1e-12 relative), under the same cache key.
+    on_spectrum : callable(Spectrum), optional
+        Called with the spectrum as soon as it is decomposed, before the metrics (which take most
+        of the time at real size): the app draws the scree from it while the null band and the
+        held-out curves are computed.  Called again if a member with NaN/Inf data restarts the
+        analysis; not called for an analysis run whole as one cluster task.
 
     Raises
     ------
@@ -146,16 +156,16 @@ def analyze(
     heavy = not is_small(group.shape, len(family.models), pick_device(options.device).type)
     waiting = None if progress is None else (lambda: progress(0, 1, "waiting for another analysis to finish"))
     with heavy_slot(heavy, on_wait=waiting), thread_limit(fair_threads() if heavy else None):
-        return _analyze_retrying(family, group, view, options, progress, metrics, strict, client)
+        return _analyze_retrying(family, group, view, options, progress, metrics, strict, client, on_spectrum)
 
 
 def _analyze_retrying(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
                       progress: ProgressFn | None, metrics: MetricsOptions | None, strict: bool,
-                      client=None) -> Analysis:
+                      client=None, on_spectrum: SpectrumFn | None = None) -> Analysis:
     """:func:`analyze` after resolving: leave out each member found with NaN/Inf data, and retry."""
     while True:
         try:
-            return _analyze_once(family, group, view, options, progress, metrics, client)
+            return _analyze_once(family, group, view, options, progress, metrics, client, on_spectrum)
         except MemberError as exc:
             if exc.member not in {m.name for m in family.models}:
                 raise  # the base model: not a member that can be left out
@@ -174,7 +184,8 @@ def _one_task(family: Family, group: LayerGroup, view: str, options: SpectralOpt
 
 
 def _analyze_once(family: Family, group: LayerGroup, view: str, options: SpectralOptions,
-                  progress: ProgressFn | None, metrics: MetricsOptions | None, client=None) -> Analysis:
+                  progress: ProgressFn | None, metrics: MetricsOptions | None, client=None,
+                  on_spectrum: SpectrumFn | None = None) -> Analysis:
     """One attempt of :func:`analyze`; raises MemberError at the first member with NaN/Inf data.
 
     With a cluster ``client``, an out/in-mode Gram with metrics is summed by shards on the
@@ -214,6 +225,8 @@ def _analyze_once(family: Family, group: LayerGroup, view: str, options: Spectra
             spectrum = _spectrum(stream, options, progress, row_reader)
     result = None
     if metrics is not None:
+        if on_spectrum is not None:
+            on_spectrum(spectrum)
         # A FactorStream yields LowRank items, which the metrics passes keep factored; in model
         # mode the decomposition's kernel is reused and no model is read again.
         with stage("metrics"):
@@ -285,6 +298,7 @@ def analyze_cached(
     *,
     strict: bool = False,
     scheduler: str | None = None,
+    on_spectrum: SpectrumFn | None = None,
 ) -> Analysis:
     """:func:`analyze` through the disk cache, from small hashable arguments only.
 
@@ -293,7 +307,8 @@ def analyze_cached(
     from the stored entry).  ``progress`` is called only when something is computed.
     ``strict`` refuses a family with bad members (see :func:`analyze`), on a hit too.  A mode
     left unchosen (``options.mode`` None) is the view's, resolved before the key is made, so
-    the entry, ``result.options.mode`` and the JSON name the mode computed.
+    the entry, ``result.options.mode`` and the JSON name the mode computed.  ``on_spectrum`` (see
+    :func:`analyze`) is called only when the analysis is computed here.
     """
     # A Family (e.g. loaded with a base model or a name regex) is used as it is.
     family = source if isinstance(source, Family) else load_family(source, progress=progress, strict=strict)
@@ -304,7 +319,8 @@ def analyze_cached(
     store = cache or ResultCache()
     payload, hit = store.get_or_compute(
         key, lambda: to_payload(analyze(family, group, view=view, options=options, progress=progress,
-                                        metrics=metrics, strict=strict, scheduler=scheduler))
+                                        metrics=metrics, strict=strict, scheduler=scheduler,
+                                        on_spectrum=on_spectrum))
     )
     result = from_payload(*payload)
     result.cache_key, result.from_cache = key, hit
