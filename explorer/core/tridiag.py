@@ -124,14 +124,13 @@ def eigh_tridiagonal_top(a: np.ndarray, k: int, all_values: bool = True) -> tupl
         Orthonormal, float64; signs as LAPACK leaves them (callers sign-fix).
     """
     d = a.shape[0]
+    sytrd, sytrd_lwork, sterf, stemr = _routines(a.dtype)
+    if not 1 <= k <= d:
+        raise ValueError(f"k must lie in [1, {d}], got {k}")
     if d == 1:
-        _routines(a.dtype)
         return np.array([float(a[0, 0])]), np.ones((1, 1))
     single = a.dtype == np.float32
     kept = a.copy() if single else None     # the float64 Rayleigh-Ritz step needs the matrix
-    if not 1 <= k <= d:
-        raise ValueError(f"k must lie in [1, {d}], got {k}")
-    sytrd, sytrd_lwork, sterf, stemr = _routines(a.dtype)
     # a is symmetric, so its transpose (Fortran-ordered when a is C-ordered) is the same matrix and
     # reaches LAPACK without a copy; lower=1 then reads what numpy holds as the upper triangle.
     f = a.T if a.flags.c_contiguous else np.asfortranarray(a)

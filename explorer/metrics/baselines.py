@@ -16,6 +16,7 @@ import scipy.stats
 import torch
 
 from explorer.core.errors import OptionError
+from explorer.core.linalg import symmetrize
 from explorer.core.progress import ProgressFn
 from explorer.engine.gram import sym_update_
 from explorer.metrics.null_spec import NullSpec, mp_edge, mp_edge_evr, raw_energies
@@ -172,13 +173,18 @@ def _block_widths(spec: NullSpec) -> np.ndarray:
     return np.concatenate([np.full(len(idx), min(f, side)) for f, idx in _by_dof(spec)])
 
 
+def _descending(vals: torch.Tensor) -> np.ndarray:
+    """Ascending eigenvalues from torch as descending float64, clipped at 0 (negatives are rounding)."""
+    return np.clip(vals.double().numpy()[::-1], 0.0, None)
+
+
 def _draw(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype, k_fitted: int) -> tuple[np.ndarray, np.ndarray | None]:
     """One draw: descending eigenvalues of the null Gram (at most d), and when ``k_fitted`` > 0 the
     mean over null models of their in-sample captured energy ||U_k^T X_i||^2 / ||X_i||^2, k = 1..k_fitted
     (each block's Gram is its model's, so U^T block has the model's captured energy)."""
     if spec.center != "none" and spec.factored:
         g, y = _centred_factored_gram(spec, rng, dtype), None
-        return np.clip(torch.linalg.eigvalsh((g + g.T) / 2).double().numpy()[::-1], 0.0, None), None
+        return _descending(torch.linalg.eigvalsh(symmetrize(g))), None
     y = torch.from_numpy(_centred_dense(spec, rng) if spec.center != "none" else _raw_factor(spec, rng)).to(dtype)
     if not k_fitted:
         # Thin: the nonzero spectrum of Y Y^T is that of the small Y^T Y.  Only the upper block
@@ -187,9 +193,8 @@ def _draw(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype, k_fitted
         side = y.T if y.shape[1] < spec.d else y
         g = torch.zeros(side.shape[0], side.shape[0], dtype=dtype)
         sym_update_(g, side)
-        return np.clip(torch.linalg.eigvalsh(g, UPLO="U").double().numpy()[::-1], 0.0, None), None
-    g = y @ y.T
-    vals, vecs = torch.linalg.eigh((g + g.T) / 2)
+        return _descending(torch.linalg.eigvalsh(g, UPLO="U")), None
+    vals, vecs = torch.linalg.eigh(symmetrize(y @ y.T))
     kk = min(k_fitted, spec.d)
     proj = (vecs[:, -kk:].flip(-1).T @ y).double().numpy() ** 2          # (k, width)
     widths = _block_widths(spec)
@@ -197,7 +202,7 @@ def _draw(spec: NullSpec, rng: np.random.Generator, dtype: torch.dtype, k_fitted
     per_model = np.add.reduceat(proj, starts, axis=1)                     # (k, models)
     norms = np.add.reduceat((y.double().numpy() ** 2).sum(axis=0), starts)
     captured = np.cumsum(per_model, axis=0) / np.where(norms > 0, norms, 1.0)
-    return np.clip(vals.double().numpy()[::-1], 0.0, None), captured.mean(axis=1)
+    return _descending(vals), captured.mean(axis=1)
 
 
 def null_eigenvalues(spec: NullSpec, draws: int, seed: int = 0, dtype: torch.dtype | None = None,
