@@ -118,3 +118,28 @@ def test_an_analysis_records_its_stages(lora_dir):
                  "metrics/pass 2: measure models", "metrics/null"):
         assert path in stages, stages
     assert any(p.endswith("/eigen") for p in stages) and any(p.endswith("/gram") for p in stages)
+
+
+def test_upcast_and_finite_check_match_torch():
+    # The reads' numpy upcast and NaN/Inf check give torch's own results, special values included.
+    import torch
+
+    from explorer.core.errors import MemberError
+    from explorer.core.tensors import check_finite, upcast
+
+    special = torch.tensor([0.0, -0.0, 1e-40, -3.5, 65504.0, 3e38, float("inf"), -float("inf"), float("nan")])
+    vals = torch.cat([special, torch.randn(199, dtype=torch.float32) * 1e3])
+    for dt in (torch.bfloat16, torch.float16):
+        t = vals.to(dt).reshape(-1, 13)[:, ::2]  # a strided view, as a sliced read gives
+        got, ref = upcast(t), t.to(torch.float32)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert torch.equal(torch.isnan(got), torch.isnan(ref)) and torch.equal(got.nan_to_num(0.0), ref.nan_to_num(0.0))
+    f64 = torch.randn(4, 5, dtype=torch.float64)
+    assert upcast(f64) is f64
+    for dt in (torch.float32, torch.float64):
+        check_finite(torch.randn(3, 4, dtype=dt), "m", "w", "f.safetensors")
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            t = torch.randn(3, 4, dtype=dt)
+            t[2, 1] = bad
+            with pytest.raises(MemberError, match=r"model 'm': tensor 'w' in f.safetensors holds NaN or Inf"):
+                check_finite(t, "m", "w", "f.safetensors")

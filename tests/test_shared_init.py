@@ -58,3 +58,31 @@ def test_dense_groups_have_no_init_check():
     assert shared_init_check(load_family("zoo:planted"), "layers.0", "full") is None
     with pytest.raises(explorer.OptionError, match="no layer group"):
         shared_init_check(load_family("zoo:planted"), "nope", "full")
+
+
+def test_clusters_come_from_the_cache_without_reading_the_family(tmp_path, monkeypatch):
+    # The Spectrum page clusters on every load: from the cache it must not read 500 A factors again.
+    from explorer.pipeline.cache import ResultCache
+    from explorer.pipeline.shared_init import init_clusters_of
+    from explorer.sources.family import Family
+
+    rng = np.random.default_rng(2)
+    init = rng.standard_normal((2, 30))
+    fam_dir = tmp_path / "fam"
+    for i in range(8):
+        a = init + 0.1 * rng.standard_normal((2, 30)) if i < 5 else rng.standard_normal((2, 30))
+        write_adapter(fam_dir / f"a{i}", {"blk.0.fc": (a, rng.standard_normal((8, 2)))}, r=2)
+    fam = load_family(str(fam_dir))
+    cache = ResultCache(tmp_path / "results")
+    fresh = init_clusters_of(fam, "blk.0.fc")
+    stored = init_clusters_of(fam, "blk.0.fc", cache)
+    monkeypatch.setattr(Family, "tensor", lambda *a, **k: pytest.fail("read the family again"))
+    hit = init_clusters_of(load_family(str(fam_dir)), "blk.0.fc", cache)
+    for c in (stored, hit):
+        np.testing.assert_array_equal(c.labels, fresh.labels)
+        assert c.sizes == fresh.sizes == [5] and c.min_size == fresh.min_size and c.threshold == fresh.threshold
+        assert c.median_within == pytest.approx(fresh.median_within) and c.describe() == fresh.describe()
+    monkeypatch.undo()
+    # A changed file is another key: clustered again from its data.
+    write_adapter(fam_dir / "a7", {"blk.0.fc": (init + 0.1 * rng.standard_normal((2, 30)), rng.standard_normal((8, 2)))}, r=2)
+    assert init_clusters_of(load_family(str(fam_dir)), "blk.0.fc", cache).sizes == [6]

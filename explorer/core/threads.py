@@ -2,7 +2,8 @@
 
 :func:`single_threaded` runs a block on one thread (torch's intra-op pool and the BLAS/OpenMP
 pools), then restores them; :func:`heavy_slot` serialises the heavy analyses of one process, and
-:func:`fair_threads` leaves the cores that other running jobs use to them.
+:class:`FairShare` leaves the cores that other running jobs use to them (:func:`fair_threads`
+at the start, revised at each stage of the analysis).
 
 Small matrices (sides of a few hundred) gain nothing from threads, and on a busy 2-core machine
 the hand-offs were measured to cost up to 30x (27 s vs 0.9 s for a 128 x 64 group); one thread
@@ -20,6 +21,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from explorer.core.errors import OptionError
+from explorer.core.timing import watching
 
 
 @contextmanager
@@ -42,55 +44,156 @@ def single_threaded(active: bool = True):
     return thread_limit(1 if active else None)
 
 
-def _others_running() -> int | None:
-    """Runnable tasks of *other* processes right now: ``/proc/loadavg``'s R minus this process's own.
+# Seconds over which other processes' CPU use is measured before a heavy analysis.
+BUSY_WINDOW_S = 0.25
 
-    This process's threads are left out: BLAS/OpenMP workers spin, runnable, for a while after
-    each parallel region, and are not competition.  None where ``/proc`` is not there.
+
+def _cpu_sample() -> tuple[int, int, int] | None:
+    """(busy ticks of every CPU, all ticks of every CPU, this process's ticks), or None without ``/proc``.
+
+    Busy is user + nice + system + irq + softirq of ``/proc/stat``'s ``cpu`` line (idle, iowait
+    and steal are not another job's work); this process's own is utime + stime of
+    ``/proc/self/stat``, in the same clock ticks.
     """
     try:
-        with open("/proc/loadavg") as fh:
-            total = int(fh.read().split()[3].split("/")[0])
-        own = 0
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/stat") as fh:
-                    own += fh.read().rsplit(")", 1)[1].split()[0] == "R"
-            except OSError:
-                continue  # the thread ended meanwhile
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        with open("/proc/self/stat") as fh:
+            own = fh.read().rsplit(")", 1)[1].split()
     except (OSError, ValueError, IndexError):
         return None  # not Linux: no measurement, no limit
-    return max(0, total - own)
+    busy = fields[0] + fields[1] + fields[2] + sum(fields[5:7])
+    return busy, sum(fields[:8]), int(own[11]) + int(own[12])
 
 
-def fair_threads(samples: int = 5) -> int | None:
+def others_busy(window_s: float = BUSY_WINDOW_S) -> float | None:
+    """Cores that *other* processes kept busy over the last ``window_s`` seconds (0.0 .. cores).
+
+    This process's threads are left out: BLAS/OpenMP workers spin for a while after each parallel
+    region and are not competition.  A sustained CPU-bound job counts about 1 per thread; a
+    browser drawing a page about 0.1-0.3 (its bursts average out over the window, where a
+    snapshot of runnable tasks counted a rendering browser as a whole competing job and halved
+    the app's analyses: 26 s instead of 13 s for a 500-adapter decomposition).  None without ``/proc``.
+    """
+    first = _cpu_sample()
+    if first is None:
+        return None
+    time.sleep(window_s)
+    second = _cpu_sample()
+    if second is None:
+        return None
+    return _busy_between(first, second)
+
+
+def _busy_between(first: tuple[int, int, int], second: tuple[int, int, int]) -> float:
+    """Cores other processes kept busy between two :func:`_cpu_sample` readings."""
+    busy, total, own = (b - a for a, b in zip(first, second))
+    return max(0.0, (busy - own) / total * (os.cpu_count() or 1)) if total > 0 else 0.0
+
+
+def _fixed_threads() -> tuple[bool, int | None]:
+    """``EXPLORER_THREADS``: (set, count); count None for ``all`` (no limit)."""
+    fixed = os.environ.get("EXPLORER_THREADS", "").strip()
+    if not fixed:
+        return False, None
+    if fixed == "all":
+        return True, None
+    try:
+        return True, max(1, int(fixed))
+    except ValueError:
+        raise OptionError(f"EXPLORER_THREADS must be a positive integer or 'all', got {fixed!r}") from None
+
+
+def _threads_for(busy: float | None) -> int | None:
+    """The cores other processes leave free (a core counts when used at least half the time)."""
+    if busy is None:
+        return None
+    others = int(busy + 0.5)  # busy >= 0: rounds half up
+    return None if others == 0 else max(1, (os.cpu_count() or 1) - others)
+
+
+def fair_threads() -> int | None:
     """Threads a heavy analysis should use: the cores that other running work leaves free.
 
     With another CPU-bound job on a 2-core machine, an analysis using both cores was measured at
     12x its quiet time (BLAS/OpenMP threads that wait on a descheduled sibling), where one thread,
     on the core left, takes about the 2x a fair share explains (bench/bench_analysis.py).  So
-    the cores minus the other processes' tasks running now (the median of a few samples)
-    are used; None (no limit) on an otherwise idle machine or where it cannot be measured.
-    ``EXPLORER_THREADS`` (a count, or ``all``) overrides the measurement.
+    the cores minus those other processes kept busy over the last quarter second (rounded: a
+    core counts when another job used it at least half the time) are used; None (no limit) on an
+    otherwise idle machine or where it cannot be measured.  ``EXPLORER_THREADS`` (a count, or
+    ``all``) overrides the measurement.
     """
-    fixed = os.environ.get("EXPLORER_THREADS", "").strip()
-    if fixed:  # a deliberate setting wins: a positive count, or "all" for no limit
-        if fixed == "all":
-            return None
-        try:
-            return max(1, int(fixed))
-        except ValueError:
-            raise OptionError(f"EXPLORER_THREADS must be a positive integer or 'all', got {fixed!r}") from None
-    cores = os.cpu_count() or 1
-    counts = []
-    for _ in range(samples):
-        r = _others_running()
-        if r is None:
-            return None
-        counts.append(r)
-        time.sleep(0.002)
-    others = sorted(counts)[len(counts) // 2]
-    return None if others == 0 else max(1, cores - others)
+    fixed, count = _fixed_threads()
+    return count if fixed else _threads_for(others_busy())
+
+
+class FairShare:
+    """The thread count of one heavy analysis, measured at its start and revised while it runs.
+
+    A snapshot is not enough: in the app the analysis starts while the browser draws the page
+    (a core busy for a few seconds), and a count fixed then kept a 500-adapter analysis on one
+    core for all its 78 s while the machine was 40 % idle.  :meth:`revisit`, called as each stage
+    of the analysis is entered inside the block (:func:`explorer.core.timing.watching`: reads,
+    Gram updates, eigen-solves, each null draw...), measures the other processes' use since the
+    last look, at most every ``interval_s``, without sleeping, and applies the new count to torch
+    and the BLAS/OpenMP pools between two steps, on the analysis' own thread.
+    ``EXPLORER_THREADS`` fixes the count instead.  The pools are restored on exit.  Inactive
+    (``active=False``): nothing is changed.
+    """
+
+    def __init__(self, active: bool = True, interval_s: float = 1.0):
+        self.active, self.interval_s = active, interval_s
+        self.threads: int | None = None
+        self.changes = 0
+        self._fixed = False
+        self._limiter = None
+        self._watch = None
+        self._torch_before = 0
+        self._last: tuple[tuple[int, int, int] | None, float] = (None, 0.0)
+
+    def __enter__(self) -> FairShare:
+        if self.active:
+            self._torch_before = torch.get_num_threads()
+            self._fixed, count = _fixed_threads()
+            self._apply(count if self._fixed else fair_threads())
+            if not self._fixed:
+                self._last = (_cpu_sample(), time.monotonic())
+                self._watch = watching(lambda _name: self.revisit())
+                self._watch.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            if self._watch is not None:
+                self._watch.__exit__(None, None, None)
+                self._watch = None
+            self._apply(None)
+
+    def _apply(self, n: int | None) -> None:
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+            self._limiter = None
+        torch.set_num_threads(self._torch_before if n is None else n)
+        if n is not None:
+            self._limiter = threadpool_limits(limits=n)
+        self.threads = n
+
+    def revisit(self) -> None:
+        """Re-measure the other processes' CPU use since the last look; apply a changed count."""
+        if not self.active or self._fixed:
+            return
+        sample, at = self._last
+        now = time.monotonic()
+        if sample is None or now - at < self.interval_s:
+            return
+        current = _cpu_sample()
+        if current is None:
+            return
+        self._last = (current, now)
+        n = _threads_for(_busy_between(sample, current))
+        if n != self.threads:
+            self._apply(n)
+            self.changes += 1
 
 
 # Side (and model count) up to which BLAS/LAPACK calls are too small to gain from threads.

@@ -10,17 +10,21 @@ one kernel (``eigen``, ``gram``, ``read``) called from several places is told ap
 *exclusive*: a nested stage's time is subtracted from its parent's, so the stages of one run add
 up to its wall time.  :func:`timed_iter` charges the time spent inside an iterator's ``next`` (where
 files are read and decoded) to one stage.
+
+:func:`watching` registers a callback told the name of every stage entered in the block (this
+thread / context only): the thread policy re-measures the machine at stage boundaries
+(:class:`explorer.core.threads.FairShare`).
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["StageTimes", "recording", "stage", "timed_iter"]
+__all__ = ["StageTimes", "recording", "stage", "timed_iter", "watching"]
 
 
 class StageTimes:
@@ -69,6 +73,17 @@ class StageTimes:
 
 
 _current: ContextVar[StageTimes | None] = ContextVar("explorer_stage_times", default=None)
+_watchers: ContextVar[tuple[Callable[[str], None], ...]] = ContextVar("explorer_stage_watchers", default=())
+
+
+@contextmanager
+def watching(callback: Callable[[str], None]) -> Iterator[None]:
+    """Call ``callback(name)`` as each stage is entered inside the block (this thread / context only)."""
+    token = _watchers.set(_watchers.get() + (callback,))
+    try:
+        yield
+    finally:
+        _watchers.reset(token)
 
 
 @contextmanager
@@ -84,7 +99,9 @@ def recording() -> Iterator[StageTimes]:
 
 @contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Charge the block's time to ``name`` when recording; a no-op otherwise."""
+    """Charge the block's time to ``name`` when recording; a no-op otherwise (watchers are told first)."""
+    for callback in _watchers.get():
+        callback(name)
     times = _current.get()
     if times is None:
         yield

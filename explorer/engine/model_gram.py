@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from explorer.core.backend import as_compute, pick_device, pick_dtype
-from explorer.core.errors import InputError, MemberError, OptionError
+from explorer.core.errors import InputError, OptionError
 from explorer.core.linalg import double_center, eigh_desc
 from explorer.core.lowrank import as_lowrank
 from explorer.core.progress import ProgressFn
+from explorer.core.tensors import check_finite, upcast
 from explorer.engine.gram import sym_mirror_, sym_update_
 from explorer.engine.options import SpectralOptions, Spectrum
 from explorer.engine.plan import MODEL_BLOCK_BYTES
@@ -336,12 +337,9 @@ def family_row_reader(family, tensor: str, base=None) -> RowReader:
             t = family.tensor(model, tensor)[r0:r1]
         if t.dim() != 2:
             t = t.reshape(r1 - r0, -1)  # conv kernels: the group's n is the flattened rest
-        if t.dtype in (torch.float16, torch.bfloat16) or not t.is_floating_point():
-            t = t.to(torch.float32)
-        if not torch.isfinite(t).all():
-            # A MemberError, as Family.tensor raises: the pipeline skips this model and names it.
-            raise MemberError(f"model {model.name!r}: tensor {tensor!r} in {path} holds NaN or Inf",
-                              model.name, str(path or ""))
+        t = upcast(t) if t.is_floating_point() else t.to(torch.float32)
+        # A MemberError, as Family.tensor raises: the pipeline skips this model and names it.
+        check_finite(t, model.name, tensor, path)
         return t
 
     def reader(r0: int, r1: int) -> Iterator[torch.Tensor]:

@@ -31,7 +31,7 @@ from explorer.cluster.tasks import run_tasks
 from explorer.core.backend import pick_device
 from explorer.core.errors import MemberError
 from explorer.core.progress import ProgressFn
-from explorer.core.threads import fair_threads, heavy_slot, is_small, thread_limit
+from explorer.core.threads import FairShare, heavy_slot, is_small
 from explorer.core.timing import stage
 from explorer.engine import memory
 from explorer.engine.dense import decompose, decompose_gram
@@ -155,7 +155,8 @@ def analyze(
     client = connect(scheduler) if scheduler else None
     heavy = not is_small(group.shape, len(family.models), pick_device(options.device).type)
     waiting = None if progress is None else (lambda: progress(0, 1, "waiting for another analysis to finish"))
-    with heavy_slot(heavy, on_wait=waiting), thread_limit(fair_threads() if heavy else None):
+    # The thread count is revised at each stage (a browser's start-up is not a competing job).
+    with heavy_slot(heavy, on_wait=waiting), FairShare(heavy):
         return _analyze_retrying(family, group, view, options, progress, metrics, strict, client, on_spectrum)
 
 

@@ -166,8 +166,8 @@ def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] =
     if k is not None and k < 1:
         raise OptionError(f"--k must be >= 1, got {k}")
     plan = atlas_plan(family, modules, views)
+    cache = cache or ResultCache()
     if scheduler:
-        cache = cache or ResultCache()
         prefetch(family, plan, options, metrics, cache, scheduler, strict, progress)
     analyses = []
     for i, (g, v) in enumerate(plan):
@@ -185,7 +185,7 @@ def run_atlas(family: Family, modules: str | None = None, views: Sequence[str] =
         init = None
         if init_check and g.kind == "lora":
             if g.name not in clusters:  # one clustering per group, whatever the views
-                clusters[g.name] = init_clusters_of(family, g)
+                clusters[g.name] = init_clusters_of(family, g, cache)
             init = shared_init_check(family, g, v, options, metrics, cache, k, strict, clusters[g.name], scheduler)
         entries.append(AtlasEntry(g, v, a, verdict, init))
     skipped: dict[str, Skipped] = {s.name: s for s in family.skipped}

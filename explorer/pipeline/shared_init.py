@@ -8,18 +8,21 @@ analysis is an ordinary cached analysis of the sub-family of its members.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from explorer.catalog.groups import LayerGroup, build_catalog
 from explorer.catalog.views import stream_for_view
 from explorer.core.errors import OptionError
 from explorer.engine.options import SpectralOptions
 from explorer.metrics.results import MetricsOptions
-from explorer.metrics.shared_init import InitClusters, a_cosines, init_clusters
+from explorer.metrics.shared_init import MIN_SHARE, THRESHOLD, InitClusters, a_cosines, init_clusters
 from explorer.metrics.verdict import Verdict
 from explorer.pipeline.analyze import analyze_cached
-from explorer.pipeline.cache import ResultCache
+from explorer.pipeline.cache import ResultCache, family_fingerprint, make_key
+from explorer.pipeline.result import ENGINE_VERSION
 from explorer.sources.family import Family
 
 # Fewest members a within-cluster verdict is computed for (held-out folds and a null need them).
@@ -69,12 +72,30 @@ def _lora_group(family: Family, group: str | LayerGroup) -> LayerGroup | None:
     raise OptionError(f"{family.source}: no layer group {group!r}")
 
 
-def init_clusters_of(family: Family, group: str | LayerGroup) -> InitClusters | None:
-    """The A-factor clusters of a LoRA group (None for a dense group)."""
+def init_clusters_of(family: Family, group: str | LayerGroup, cache: ResultCache | None = None) -> InitClusters | None:
+    """The A-factor clusters of a LoRA group (None for a dense group).
+
+    With ``cache``, through that result cache: the clustering reads every adapter's A factor
+    (500 files for a real family, seconds in the app's threads), and the Spectrum page shows it on
+    every load, so a page opened from the cache must not read the family again.  The key covers
+    the family's files, the group, the rule's constants and :data:`ENGINE_VERSION`.
+    """
     g = _lora_group(family, group)
     if g is None:
         return None
-    return init_clusters(a_cosines(stream_for_view(family, g, "A").open()))
+    if cache is None:
+        return init_clusters(a_cosines(stream_for_view(family, g, "A").open()))
+    key = make_key("init-clusters", ENGINE_VERSION, family_fingerprint(family), asdict(g), THRESHOLD, MIN_SHARE)
+
+    def compute() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        c = init_clusters(a_cosines(stream_for_view(family, g, "A").open()))
+        return ({"labels": np.asarray(c.labels, dtype=np.int64)},
+                {"sizes": list(c.sizes), "threshold": c.threshold, "min_size": c.min_size,
+                 "median_within": c.median_within, "median_between": c.median_between})
+
+    (arrays, meta), _ = cache.get_or_compute(key, compute)
+    return InitClusters(arrays["labels"], [int(s) for s in meta["sizes"]], float(meta["threshold"]),
+                        int(meta["min_size"]), float(meta["median_within"]), float(meta["median_between"]))
 
 
 def shared_init_check(family: Family, group: str | LayerGroup, view: str, options: SpectralOptions = SpectralOptions(),
@@ -83,14 +104,16 @@ def shared_init_check(family: Family, group: str | LayerGroup, view: str, option
                       scheduler: str | None = None) -> InitCheck | None:
     """Cluster a LoRA group's adapters by A init; verdict within each cluster of >= 3 members.
 
-    Returns None for a dense group.  Without a shared init (no cluster) nothing is analysed again:
+    Returns None for a dense group.  The clusters (unless given) and each cluster's analysis go
+    through ``cache`` (default: the result cache).  Without a shared init (no cluster) nothing is analysed again:
     the family's own verdict is the within-cluster one.  ``scheduler``: each cluster's analysis is
     computed on that Dask cluster (:func:`explorer.pipeline.analyze.analyze`).
     """
     g = _lora_group(family, group)
     if g is None:
         return None
-    clusters = clusters if clusters is not None else init_clusters_of(family, g)
+    cache = cache or ResultCache()
+    clusters = clusters if clusters is not None else init_clusters_of(family, g, cache)
     within: list[ClusterVerdict] = []
     if clusters.shared:
         names = [m.name for m in family.models]

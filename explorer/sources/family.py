@@ -21,7 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 import torch
 
-from explorer.core.errors import InputError, MemberError
+from explorer.core.errors import InputError
+from explorer.core.tensors import check_finite, upcast
 from explorer.sources import readers
 from explorer.sources.naming import LORA_ALPHA, canonical_name
 from explorer.sources.peft import LoraConfig
@@ -312,9 +313,7 @@ class Family:
                 f"model {model.name!r}: tensor {name!r} has dtype {info.dtype}, which cannot be analysed "
                 f"(supported: {', '.join(readers.FLOAT_DTYPES)})"
             )
-        t = readers.load_tensor(path, raw)
-        if t.dtype in (torch.float16, torch.bfloat16):
-            t = t.to(torch.float32)
+        t = upcast(readers.load_tensor(path, raw))
         check_finite(t, model.name, name, path)
         return t
 
@@ -360,16 +359,6 @@ class Family:
 def _member_path(model: ModelRef) -> str:
     """Where a member is, for its :class:`Skipped` entry: its source (folder, file, hf:...)."""
     return model.source or (model.files[0] if model.files else "")
-
-
-def check_finite(t: torch.Tensor, model: str, tensor: str, path: str | None) -> None:
-    """Raise :class:`~explorer.core.errors.MemberError` if ``t`` holds NaN or Inf.
-
-    Shared by every reader of tensor data (whole tensors here, row blocks in model mode), so a
-    non-finite member is reported, and skipped, the same way whichever path reads it.
-    """
-    if not torch.isfinite(t).all():
-        raise MemberError(f"model {model!r}: tensor {tensor!r} in {path} holds NaN or Inf", model, str(path or ""))
 
 
 def labels_from_mapping(d: Mapping[str, object]) -> tuple[tuple[str, str], ...]:

@@ -116,6 +116,11 @@ def manifest_dict(family: Family) -> dict[str, Any]:
     return out
 
 
+def manifest_yaml(data: dict) -> str:
+    """A manifest dict as YAML, with libyaml's safe dumper where PyYAML has it (10x the pure-Python one)."""
+    return yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
+
+
 def save_manifest(family: Family, path: str | Path) -> Path:
     """Write the family's manifest (YAML, or JSON when ``path`` ends in ``.json``); return its path.
 
@@ -128,5 +133,5 @@ def save_manifest(family: Family, path: str | Path) -> Path:
     if path.suffix.lower() not in SUFFIXES:
         raise InputError(f"{path}: a manifest file must end in .yaml, .yml or .json")
     data = manifest_dict(family)
-    text = json.dumps(data, indent=2) if path.suffix.lower() == ".json" else yaml.safe_dump(data, sort_keys=False)
+    text = json.dumps(data, indent=2) if path.suffix.lower() == ".json" else manifest_yaml(data)
     return atomic_write_text(path, text)
