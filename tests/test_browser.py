@@ -97,6 +97,30 @@ def test_spectrum_redraws_on_mode_change(streamlit_server, page):
     screenshot(page, "page-spectrum")
 
 
+def test_export_files_are_made_on_click_one_after_another(streamlit_server, page):
+    # The export bar makes each file when its button is clicked (deferred data) and a download
+    # does not rerun the page, so downloads in a row all arrive, each with its content.
+    from pathlib import Path
+
+    import yaml
+    from safetensors.numpy import load as st_load
+
+    open_page(page, streamlit_server, "Spectrum")
+    wait_idle(page)
+    page.get_by_text("Export", exact=True).click()
+    got = {}
+    for label in ("scree (HTML)", "family manifest (YAML)", "basis + coordinates (safetensors)", "layer-summary (CSV)"):
+        with page.expect_download(timeout=120_000) as info:
+            page.get_by_role("button", name=label).first.click()
+        got[info.value.suggested_filename] = Path(info.value.path()).read_bytes()
+    html = got["spectrum-scree.html"]
+    assert html.lower().startswith(b"<!doctype html>") and b"plotly" in html and len(html) > 1_000_000
+    assert yaml.safe_load(got["family.yaml"])["name"] == "zoo:planted"
+    arrays = st_load(got["spectrum-layers.0-out.safetensors"])
+    assert arrays["basis"].shape[0] == arrays["eigenvalues"].shape[0]
+    assert got["spectrum-layer-summary.csv"].startswith(b"layer,shape,")
+
+
 def test_overlap_redraws_on_tab_and_colour(streamlit_server, page):
     open_page(page, streamlit_server, "Overlap", DIGITS)
     wait_title(page, "Model × model overlap")

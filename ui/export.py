@@ -51,7 +51,8 @@ def export_bar(name: str, figures: dict[str, go.Figure] | None = None, tables: d
                                 "application/yaml", f"dl_manifest_{name}"))
         cols = st.columns(_COLUMNS)
         for i, (label, data, file_name, mime, key) in enumerate(buttons):
-            cols[i % _COLUMNS].download_button(label, data, file_name, mime, key=key)
+            # No rerun on a download: the page stays as it is, and the other buttons' deferred files with it.
+            cols[i % _COLUMNS].download_button(label, data, file_name, mime, key=key, on_click="ignore")
         st.caption("PNG: use the camera button in each chart's toolbar.")
 
 
