@@ -158,12 +158,12 @@ def test_spectrum_is_heard_before_the_metrics(fam, tmp_path):
 
 
 def test_costly_null_draws_report_progress(monkeypatch):
-    from explorer.metrics import baselines
+    from explorer.metrics import baselines, null_draws
 
     spec = null_spec.dense_null_spec(np.full(6, 40.0), 10, 4)
     calls: list = []
     baselines.null_band(spec, 7, progress=lambda *c: calls.append(c))
     assert calls == []  # cheap draws: no per-draw updates
-    monkeypatch.setattr(baselines, "PROGRESS_FLOPS", 0.0)
+    monkeypatch.setattr(null_draws, "PROGRESS_FLOPS", 0.0)
     baselines.null_band(spec, 7, progress=lambda *c: calls.append(c))
     assert calls == [(t, 7, "Gaussian null draws") for t in range(1, 8)]

@@ -76,7 +76,7 @@ def test_spectrum_page_null_band_and_layer_views():
     figs = list(charts(at).values())
     scree = figs[0]
     med = trace(scree, "null median")["y"]
-    # The null's draws are float32 (metrics.baselines.NULL_DTYPE): an entry computed with another
+    # The null's draws are float32 (metrics.null_draws.NULL_DTYPE): an entry computed with another
     # thread count sums in another order, 4e-7 apart (seen with a cache/ filled by earlier runs).
     np.testing.assert_allclose(med, res.metrics.null.evr_median[: len(med)], rtol=1e-5)
     overlay = figs[1]

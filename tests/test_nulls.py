@@ -8,6 +8,7 @@ import torch
 
 from explorer.core.errors import OptionError
 from explorer.metrics import baselines as nulls
+from explorer.metrics import null_draws
 from explorer.metrics import null_spec
 from tests.helpers import reference_gram
 
@@ -39,7 +40,7 @@ def test_bartlett_wishart_moments():
     # E[W] = dof * I and Var[W_ij] = dof (i != j) for W ~ W_d(dof, I): 3 % tolerance at 4000 draws.
     rng = np.random.default_rng(0)
     d, dof, draws = 4, 9, 4000
-    ws = np.stack([nulls._bartlett(d, dof, rng) for _ in range(draws)])
+    ws = np.stack([null_draws.bartlett(d, dof, rng) for _ in range(draws)])
     np.testing.assert_allclose(ws.mean(axis=0), dof * np.eye(d), atol=0.3)
     assert ws[:, 0, 1].var() == pytest.approx(dof, rel=0.1)
     assert ws[:, 2, 2].var() == pytest.approx(2 * dof, rel=0.1)
@@ -51,7 +52,7 @@ def test_null_matches_explicit_gaussian_matrices():
     n, d, e = 6, 10, 17
     energies = rng.uniform(1, 5, n)
     spec = null_spec.dense_null_spec(energies, d, e)
-    eig = nulls.null_eigenvalues(spec, draws=400, seed=3)
+    eig = null_draws.null_eigenvalues(spec, draws=400, seed=3)
     top_null = np.median(eig[:, 0] / eig.sum(axis=1))
     direct = []
     for _ in range(400):
@@ -65,6 +66,34 @@ def test_null_matches_explicit_gaussian_matrices():
     assert top_null == pytest.approx(np.median(direct), rel=0.05)
     # Norm-exact: every draw's trace is the family's energy (to float32 rounding, 1e-5).
     np.testing.assert_allclose(eig.sum(axis=1), energies.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n, widths", [(6, None), (2, None), (5, [3, 1, 2, 3, 2])])
+def test_staircase_draws_have_the_law_of_gaussian_matrices(n, widths):
+    # Models narrower than d are drawn as a staircase (Bartlett's R for the first d columns): its
+    # spectrum must have the law of the N Gaussian matrices themselves, each at exactly its norm,
+    # for width >= d (6 x 3 = 18 > 10), width < d (6 < 10) and padded factors of mixed rank.
+    # Two-sample Kolmogorov-Smirnov on 3000 draws each, per eigenvalue (top, middle, smallest
+    # nonzero), p > 1e-3 (fixed seeds: the test is deterministic).
+    import scipy.stats
+
+    rng = np.random.default_rng(5)
+    d, e = 10, 3
+    energies = rng.uniform(1, 5, n)
+    wid = np.full(n, e) if widths is None else np.asarray(widths)
+    spec = null_spec.dense_null_spec(energies, d, e, widths=None if widths is None else wid)
+    y, upper = null_draws._raw_factor(spec, np.random.default_rng([9, 0]))
+    assert upper == min(d, int(wid.sum())) and np.allclose(np.tril(y[:, :upper], -1), 0)
+    eig = null_draws.null_eigenvalues(spec, draws=3000, seed=11, dtype=torch.float64)
+    np.testing.assert_allclose(eig.sum(axis=1), energies.sum(), rtol=1e-5)   # norm-exact
+    direct = np.zeros((3000, d))
+    for t in range(3000):
+        xs = [x * np.sqrt(en) / np.linalg.norm(x) for en, x in
+              ((en, rng.standard_normal((d, w))) for en, w in zip(energies, wid))]
+        direct[t] = np.linalg.eigvalsh(reference_gram(xs, "out"))[::-1]
+    rank = min(d, int(wid.sum()))
+    for j in (0, rank // 2, rank - 1):
+        assert scipy.stats.ks_2samp(eig[:, j], direct[:, j]).pvalue > 1e-3, j
 
 
 def test_order_statistic_band_has_its_stated_coverage():
@@ -135,19 +164,19 @@ def test_centred_draws_keep_each_models_centred_norm():
     xs = _gaussian_family(3, n=7, d=9, e=4, loud_first=False)
     for center in ("model", "vector"):
         c = (_centre(xs, center) ** 2).sum(axis=(1, 2))
-        eig = nulls.null_eigenvalues(null_spec.dense_null_spec(c, 9, 4, center), 5, 0)
+        eig = null_draws.null_eigenvalues(null_spec.dense_null_spec(c, 9, 4, center), 5, 0)
         np.testing.assert_allclose(eig.sum(axis=1), c.sum(), rtol=1e-5)
     ranks = np.array([2, 3, 3, 4, 2])
     c = np.array([1.0, 2.0, 0.5, 3.0, 1.5])
     for center in ("none", "model", "vector"):
-        eig = nulls.null_eigenvalues(null_spec.factored_null_spec(c, 8, 6, ranks, center), 4, 0)
+        eig = null_draws.null_eigenvalues(null_spec.factored_null_spec(c, 8, 6, ranks, center), 4, 0)
         np.testing.assert_allclose(eig.sum(axis=1), c.sum(), rtol=1e-5)
 
 
 def test_centred_factored_gram_matches_the_dense_products():
     # The factored expansion sum a_i^2 (X_i - Z)(X_i - Z)^T against forming the products densely.
     spec = null_spec.factored_null_spec(np.array([1.0, 2.0, 3.0, 0.7]), 7, 5, np.array([2, 2, 3, 1]), "model")
-    g = nulls._centred_factored_gram(spec, np.random.default_rng([4, 0]), torch.float64).numpy()
+    g = null_draws._centred_factored_gram(spec, np.random.default_rng([4, 0]), torch.float64).numpy()
     rng = np.random.default_rng([4, 0])
     xs, targets = [], []
     for f in np.unique(spec.dof):  # the draw's order: models of one rank in one batch
@@ -175,8 +204,8 @@ def test_method_of_moments_energies_are_unbiased():
 def test_float32_draws_match_float64():
     # Same samples, products and eigenvalues in float32: EVR within 1e-5 of the top EVR.
     spec = null_spec.dense_null_spec(np.linspace(1, 4, 30), 64, 16)
-    e64 = nulls.null_eigenvalues(spec, 3, 0, dtype=torch.float64)
-    e32 = nulls.null_eigenvalues(spec, 3, 0, dtype=torch.float32)
+    e64 = null_draws.null_eigenvalues(spec, 3, 0, dtype=torch.float64)
+    e32 = null_draws.null_eigenvalues(spec, 3, 0, dtype=torch.float32)
     evr = lambda e: e / e.sum(axis=1, keepdims=True)  # noqa: E731
     assert np.abs(evr(e32) - evr(e64)).max() < 1e-5 * evr(e64)[:, 0].min()
 
@@ -188,7 +217,7 @@ def test_mp_edge_equal_and_unequal_strengths():
     assert null_spec.mp_edge_evr(spec) == pytest.approx((8 + np.sqrt(120)) ** 2 / (64 * 120), rel=1e-9)
     energies = np.repeat([1.0, 6.0], 150)
     spec = null_spec.dense_null_spec(energies, 150, 4)
-    eig = nulls.null_eigenvalues(spec, 8, 1)
+    eig = null_draws.null_eigenvalues(spec, 8, 1)
     top = np.median(eig[:, 0] / eig.sum(axis=1))
     assert top == pytest.approx(null_spec.mp_edge_evr(spec), rel=0.04)
     equal = null_spec.mp_edge_evr(null_spec.dense_null_spec(np.full(300, 3.5), 150, 4))
@@ -212,7 +241,7 @@ def test_draw_budget_and_errors():
     small = null_spec.dense_null_spec(np.ones(20), 16, 8)
     assert nulls.affordable_draws(small, 100) == 100
     with pytest.raises(OptionError, match="draws"):
-        nulls.null_eigenvalues(small, draws=0)
+        null_draws.null_eigenvalues(small, draws=0)
     with pytest.raises(OptionError, match="mixed rank"):
         null_spec.dense_null_spec(np.ones(3), 8, 4, "model", widths=np.array([4, 2, 4]))
 
@@ -221,7 +250,7 @@ def test_padded_factors_use_each_models_rank():
     # Zero-padded B factors of ranks 2 and 8 (padded to 8): each null model has its own rank's dof.
     spec = null_spec.dense_null_spec(np.ones(4), 32, 8, widths=np.array([2, 8, 8, 2]))
     assert sorted(spec.dof.tolist()) == [2, 2, 8, 8] and spec.width == 20
-    eig = nulls.null_eigenvalues(spec, 2, 0)
+    eig = null_draws.null_eigenvalues(spec, 2, 0)
     assert np.count_nonzero(eig[0] > 1e-12) == 20
 
 

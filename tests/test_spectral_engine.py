@@ -200,6 +200,21 @@ def test_symmetric_block_updates_match_full_products():
     assert np.allclose(k.numpy(), reference_gram([w.numpy() for w in ws], "model"), rtol=1e-12, atol=1e-12)
 
 
+def test_triangular_block_updates_skip_the_zeros_exactly():
+    # A factor whose first columns are upper triangular (the null's staircase): the skipped
+    # products are exact zeros, so the Gram equals the full product, at 2048 (8 blocks) and 300.
+    from explorer.engine.gram import sym_mirror_, sym_update_
+
+    rng = np.random.default_rng(14)
+    for d, w in ((2048, 2600), (300, 200), (300, 450)):
+        x = rng.standard_normal((d, w))
+        m = min(d, w)
+        x[:, :m] = np.triu(x[:, :m])
+        g = torch.zeros(d, d, dtype=torch.float64)
+        sym_update_(g, torch.tensor(x), upper=m)
+        np.testing.assert_allclose(sym_mirror_(g, triangular=True).numpy(), x @ x.T, rtol=1e-12, atol=1e-9)
+
+
 def test_family_row_reader_reads_rows_from_safetensors(tmp_path):
     from explorer.engine.model_gram import family_row_reader
     from explorer.sources.resolve import load_family

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -24,19 +24,35 @@ from explorer.core.errors import OptionError
 from explorer.core.timing import watching
 
 
+class _Pools:
+    """torch's intra-op pool and the BLAS/OpenMP pools, set to one count and restored together."""
+
+    def __init__(self) -> None:
+        self.torch_before = torch.get_num_threads()
+        self._limiter = None
+
+    def set(self, n: int | None) -> None:
+        """Use ``n`` threads (None: what torch and the pools had before)."""
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+            self._limiter = None
+        torch.set_num_threads(self.torch_before if n is None else max(1, int(n)))
+        if n is not None:
+            self._limiter = threadpool_limits(limits=max(1, int(n)))
+
+
 @contextmanager
 def thread_limit(n: int | None) -> Iterator[None]:
     """Limit torch and the BLAS/OpenMP pools to ``n`` threads (None: unchanged); restore them after."""
     if n is None:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
+    pools = _Pools()
+    pools.set(n)
     try:
-        with threadpool_limits(limits=max(1, int(n))):
-            yield
+        yield
     finally:
-        torch.set_num_threads(before)
+        pools.set(None)
 
 
 def single_threaded(active: bool = True):
@@ -146,36 +162,27 @@ class FairShare:
         self.threads: int | None = None
         self.changes = 0
         self._fixed = False
-        self._limiter = None
-        self._watch = None
-        self._torch_before = 0
+        self._pools: _Pools | None = None
+        self._stack = ExitStack()
         self._last: tuple[tuple[int, int, int] | None, float] = (None, 0.0)
 
     def __enter__(self) -> FairShare:
         if self.active:
-            self._torch_before = torch.get_num_threads()
+            self._pools = _Pools()
             self._fixed, count = _fixed_threads()
-            self._apply(count if self._fixed else fair_threads())
+            self._apply(count if self._fixed else _threads_for(others_busy()))
             if not self._fixed:
                 self._last = (_cpu_sample(), time.monotonic())
-                self._watch = watching(lambda _name: self.revisit())
-                self._watch.__enter__()
+                self._stack.enter_context(watching(lambda _name: self.revisit()))
         return self
 
     def __exit__(self, *exc) -> None:
         if self.active:
-            if self._watch is not None:
-                self._watch.__exit__(None, None, None)
-                self._watch = None
+            self._stack.close()
             self._apply(None)
 
     def _apply(self, n: int | None) -> None:
-        if self._limiter is not None:
-            self._limiter.restore_original_limits()
-            self._limiter = None
-        torch.set_num_threads(self._torch_before if n is None else n)
-        if n is not None:
-            self._limiter = threadpool_limits(limits=n)
+        self._pools.set(n)
         self.threads = n
 
     def revisit(self) -> None:

@@ -28,7 +28,7 @@ from explorer.sources.family import Skipped
 # (metrics.subsample): k(tau) against N and the half-sampling band of the scree.
 # 12: directions of a refitted fold / leave-one-out basis at the Gram's numerical floor are zero
 # (core.topk.refit_basis): held-out curves are flat beyond the fit's rank, not rounding noise.
-ENGINE_VERSION = "13"
+ENGINE_VERSION = "14"
 __all__ = ["ENGINE_VERSION", "Analysis"]
 
 

@@ -83,12 +83,15 @@ def init_clusters_of(family: Family, group: str | LayerGroup, cache: ResultCache
     g = _lora_group(family, group)
     if g is None:
         return None
-    if cache is None:
+    def cluster() -> InitClusters:
         return init_clusters(a_cosines(stream_for_view(family, g, "A").open()))
+
+    if cache is None:
+        return cluster()
     key = make_key("init-clusters", ENGINE_VERSION, family_fingerprint(family), asdict(g), THRESHOLD, MIN_SHARE)
 
     def compute() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        c = init_clusters(a_cosines(stream_for_view(family, g, "A").open()))
+        c = cluster()
         return ({"labels": np.asarray(c.labels, dtype=np.int64)},
                 {"sizes": list(c.sizes), "threshold": c.threshold, "min_size": c.min_size,
                  "median_within": c.median_within, "median_between": c.median_between})
