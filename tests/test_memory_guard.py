@@ -116,3 +116,26 @@ def test_analysis_runs_within_budget(family, monkeypatch):
     monkeypatch.setenv(memory.ENV_BUDGET, "256")
     res = analyze(load_family(str(family)), "layers.0", metrics=None)
     assert res.spectrum.eigenvalues.shape == (40,)
+
+
+def test_metrics_release_what_they_no_longer_read_before_the_null(tmp_path, monkeypatch):
+    # The fold Grams, their stacking buffers, the models' stack and own bases are done with
+    # before the null's draws (the largest temporaries at real size): none is held by then.
+    from explorer.metrics import local_passes, passes
+
+    rng = np.random.default_rng(1)
+    fam = load_family(str(write_family(tmp_path / "fam", {f"m{i}": rng.standard_normal((40, 30)) for i in range(12)})))
+    seen: dict = {}
+    finish = local_passes.finish_sums
+    monkeypatch.setattr(local_passes, "finish_sums", lambda plan, part: seen.setdefault("sums", finish(plan, part)))
+    null = passes.side_null
+
+    def watched(*args, **kwargs):
+        sums = seen["sums"]
+        seen["at_null"] = (list(sums.stack), list(sums.parts._grams), [g._buf for g in sums.parts._grams])
+        return null(*args, **kwargs)
+
+    monkeypatch.setattr(passes, "side_null", watched)
+    res = analyze(fam, "layers.0.weight")
+    assert res.metrics.kernel is not None and res.metrics.heldout is not None  # the stack and folds were used
+    assert seen["at_null"] == ([], [], [])

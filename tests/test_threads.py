@@ -118,7 +118,9 @@ def test_fair_share_revises_the_count_while_it_runs_and_restores_it(monkeypatch)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
     monkeypatch.delenv("EXPLORER_THREADS", raising=False)
     monkeypatch.setattr(threads.time, "sleep", lambda s: None)
-    samples = iter([(0, 0, 0), (25, 50, 0), (25, 50, 0), (27, 150, 0), (127, 250, 0)])
+    monkeypatch.setattr(threads, "_last_look", None)
+    # The last sample is the one taken on exit, for the next analysis (test below).
+    samples = iter([(0, 0, 0), (25, 50, 0), (25, 50, 0), (27, 150, 0), (127, 250, 0), (127, 350, 0)])
     monkeypatch.setattr(threads, "_cpu_sample", lambda: next(samples))
     clock = [0.0]
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
@@ -155,3 +157,31 @@ def test_fair_share_keeps_a_fixed_count_and_inactive_changes_nothing(monkeypatch
     assert torch.get_num_threads() == before
     with threads.FairShare(active=False) as share, stage("x"):
         assert torch.get_num_threads() == before and share.threads is None
+
+
+def test_back_to_back_analyses_measure_since_the_last_one_without_sleeping(monkeypatch):
+    # An analysis ending leaves its CPU sample; the next one within RECENT_S measures the other
+    # processes since then (here: one core busy all along -> one thread) and sleeps only for
+    # what is left of the quarter-second window; a stale sample means a fresh window.
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("EXPLORER_THREADS", raising=False)
+    slept: list = []
+    monkeypatch.setattr(threads.time, "sleep", slept.append)
+    clock = [100.0]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(threads, "_last_look", ((0, 0, 0), 99.0))
+    samples = iter([(100, 200, 0)] * 3)                 # start (since the last look), revisit base, exit
+    monkeypatch.setattr(threads, "_cpu_sample", lambda: next(samples))
+    with threads.FairShare() as share:
+        assert share.threads == 1
+    assert slept == [] and threads._last_look == ((100, 200, 0), 100.0)
+    clock[0] = 100.1                                   # 0.1 s later: waits the remaining 0.15 s
+    samples = iter([(105, 240, 0)] * 3)
+    with threads.FairShare() as share:
+        assert share.threads is None                   # 5 of 40 ticks busy: a quarter core, no other job
+    assert slept == [pytest.approx(0.15)]
+    clock[0] = 200.0                                   # stale: a fresh window (two samples, one sleep)
+    samples = iter([(105, 240, 0)] + [(155, 340, 0)] * 3)
+    with threads.FairShare() as share:
+        assert share.threads == 1
+    assert slept == [pytest.approx(0.15), threads.BUSY_WINDOW_S]

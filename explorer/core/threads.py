@@ -101,6 +101,27 @@ def others_busy(window_s: float = BUSY_WINDOW_S) -> float | None:
     return _busy_between(first, second)
 
 
+# How long the CPU sample taken as a heavy analysis ends stands in for a fresh window: the next one
+# within this many seconds measures the other processes since then instead of sleeping.
+RECENT_S = 2.0
+# (sample, time.monotonic()) at the end of the last heavy analysis of this process.
+_last_look: tuple[tuple[int, int, int], float] | None = None
+
+
+def _others_busy_since_last() -> float | None:
+    """:func:`others_busy`, over the time since the last heavy analysis ended when that was at
+    most :data:`RECENT_S` ago (an atlas runs its entries back to back: 0.25 s saved on each),
+    waiting only for what is left of :data:`BUSY_WINDOW_S`; a fresh window otherwise."""
+    last = _last_look
+    if last is None or not 0.0 <= time.monotonic() - last[1] <= RECENT_S:
+        return others_busy()
+    age = time.monotonic() - last[1]
+    if age < BUSY_WINDOW_S:
+        time.sleep(BUSY_WINDOW_S - age)
+    current = _cpu_sample()
+    return None if current is None else _busy_between(last[0], current)
+
+
 def _busy_between(first: tuple[int, int, int], second: tuple[int, int, int]) -> float:
     """Cores other processes kept busy between two :func:`_cpu_sample` readings."""
     busy, total, own = (b - a for a, b in zip(first, second))
@@ -153,6 +174,8 @@ class FairShare:
     Gram updates, eigen-solves, each null draw...), measures the other processes' use since the
     last look, at most every ``interval_s``, without sleeping, and applies the new count to torch
     and the BLAS/OpenMP pools between two steps, on the analysis' own thread.
+    The first count comes from the time since the last heavy analysis ended when that was recent
+    (:func:`_others_busy_since_last`), else from a fresh quarter-second window.
     ``EXPLORER_THREADS`` fixes the count instead.  The pools are restored on exit.  Inactive
     (``active=False``): nothing is changed.
     """
@@ -170,16 +193,19 @@ class FairShare:
         if self.active:
             self._pools = _Pools()
             self._fixed, count = _fixed_threads()
-            self._apply(count if self._fixed else _threads_for(others_busy()))
+            self._apply(count if self._fixed else _threads_for(_others_busy_since_last()))
             if not self._fixed:
                 self._last = (_cpu_sample(), time.monotonic())
                 self._stack.enter_context(watching(lambda _name: self.revisit()))
         return self
 
     def __exit__(self, *exc) -> None:
+        global _last_look
         if self.active:
             self._stack.close()
             self._apply(None)
+            if not self._fixed and (sample := _cpu_sample()) is not None:
+                _last_look = (sample, time.monotonic())
 
     def _apply(self, n: int | None) -> None:
         self._pools.set(n)

@@ -85,6 +85,11 @@ class PartitionGrams:
         for gram in self._grams:
             gram.compact()
 
+    def release(self) -> None:
+        """Drop every cell's Gram and sum once nothing reads them again (the fold bases are fitted):
+        at side 4096 five fold Grams are 670 MB that the rest of an analysis does not need."""
+        self._grams, self._sums, self._dense = [], [], []
+
     def _gram(self, c: int) -> torch.Tensor:
         return self._grams[c].flush()
 

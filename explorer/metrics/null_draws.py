@@ -31,16 +31,24 @@ def bartlett(d: int, dof: int, rng: np.random.Generator) -> np.ndarray:
     return f @ f.T
 
 
-def _wishart_factors(d: int, dof: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` independent F (count x d x min(dof, d)) with F F^T ~ W_d(dof, I): the Gaussian
-    matrix itself when dof < d, else the Bartlett factor (lower-triangular, L_jj^2 ~ chi^2(dof - j),
-    below the diagonal N(0, 1)), which costs d^2/2 numbers instead of d dof."""
-    if dof < d:
-        return rng.standard_normal((count, d, dof))
-    low = np.tril(rng.standard_normal((count, d, d)), -1)
+def _fill_bartlett(low: np.ndarray, dof: int, rng: np.random.Generator, normal) -> np.ndarray:
+    """Fill ``low`` (count x d x d, zeros, any strides: a view is filled in place) with ``count``
+    lower-triangular Bartlett factors L, L L^T ~ W_d(dof, I) for dof >= d: L_jj^2 ~ chi^2(dof - j),
+    N(0, 1) below the diagonal from ``normal(shape)``; d^2/2 numbers instead of d dof.  Returns ``low``."""
+    count, d, _ = low.shape
+    ii, jj = np.tril_indices(d, -1)
+    low[:, ii, jj] = normal((count, len(ii)))
     idx = np.arange(d)
     low[:, idx, idx] = np.sqrt(rng.chisquare(dof - idx, size=(count, d)))
     return low
+
+
+def _wishart_factors(d: int, dof: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` independent F (count x d x min(dof, d)) with F F^T ~ W_d(dof, I), float64: the
+    Gaussian matrix itself when dof < d, else the Bartlett factor (:func:`_fill_bartlett`)."""
+    if dof < d:
+        return rng.standard_normal((count, d, dof))
+    return _fill_bartlett(np.zeros((count, d, d)), dof, rng, rng.standard_normal)
 
 
 def _rescaled(blk: np.ndarray, target: np.ndarray, axes: tuple[int, int] = (1, 2)) -> np.ndarray:
@@ -81,12 +89,9 @@ def _gaussian_columns(d: int, dof: int, count: int, rng: np.random.Generator) ->
     (~1e-2) dwarfs their rounding, and generating them is most of a small null's cost."""
     if dof < d:
         return _normal32(rng, (d, count, dof))
-    # Bartlett: lower-triangular, L_jj^2 ~ chi^2(dof - j), below the diagonal N(0, 1).
+    # Laid out d x count x d (side by side after a reshape), filled through a model-first view.
     low = np.zeros((d, count, d), dtype=np.float32)
-    ii, jj = np.tril_indices(d, -1)
-    low[ii, :, jj] = _normal32(rng, (len(ii), count))
-    idx = np.arange(d)
-    low[idx, :, idx] = np.sqrt(rng.chisquare(dof - idx, size=(count, d))).T
+    _fill_bartlett(low.transpose(1, 0, 2), dof, rng, lambda shape: _normal32(rng, shape))
     return low
 
 
@@ -96,7 +101,8 @@ def _staircase(spec: NullSpec, rng: np.random.Generator) -> np.ndarray:
 
     Exact in law, and those columns' share of the Gram costs a third (:func:`sym_update_`'s
     ``upper``): the models' Gaussian columns side by side are G = [G_1 G_2], G_1 the first m;
-    G_1 = Q R with R upper triangular (R_jj ~ chi(d - j), N(0, 1) above the diagonal: Bartlett)
+    G_1 = Q R with R upper triangular (R_jj ~ chi(d - j), N(0, 1) above the diagonal: the transpose
+    of :func:`_fill_bartlett`'s factor of G_1^T G_1 ~ W_m(d, I), made in place in the draw's buffer)
     and Q Haar, independent of R; Q^T G_2 is again Gaussian and independent of R.  So Q^T G has
     the law of [R G_2], with G's column norms (all the rescaling reads) and G G^T's spectrum.
     """

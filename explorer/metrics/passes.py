@@ -158,6 +158,8 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
                 muf = sf / nf
                 fold_fit[f] = (uf, zf, uf.T @ zf if zf is not None else None, muf, float((muf * muf).sum()),
                                float((zf * zf).sum()) if zf is not None else None)
+    # Nothing reads the fold Grams again: release them before pass 2 and the null.
+    parts.release()
     do_loo = n >= 3 and (mopts.loo == "on" or (mopts.loo == "auto" and n * d**3 <= LOO_FLOPS))
     if mopts.loo == "on" and n < 3:
         notes.append("leave-one-out skipped: it needs at least 3 models")
@@ -199,6 +201,8 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
             cosines=np.stack([_cosines_row(b, ub, ka) for b in own]),
         )
     notes.extend(_own_subspace_notes(own, ka))
+    measured.own.clear()  # the models' own bases (131 MB at 500 rank-16 factors of side 4096) are done with
+    own = None
     if folds is not None:
         res.heldout = HeldOut(folds=folds, kfold=out["kfold"], mean_kfold_captured=mean["kc"],
                               mean_kfold_error=mean["ke"])
@@ -232,6 +236,9 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
         with stage("model kernel"):
             res.kernel = stack_kernel(stack, z).numpy()
             res.scores = kernel_scores(res.kernel, mopts.k_coord)[0]
+    # The stack and the models' Grams are done with before the null draws (the largest of them).
+    stack.clear()
+    moments = None
     if mopts.null_draws and norms2.any():
         with stage("null"):
             set_null(res, side_null(norms2, d, e, center, mopts, null_ranks, null_widths, notes, k_fitted=kk,

@@ -246,6 +246,8 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
 def finish_sums(plan: SumsPlan, part: PartialSums) -> SideSums:
     """The :class:`SideSums` of a plan once every model's partial sums are in ``part``."""
     g, s, _ = part.parts.total()
+    # The stacking buffers (64 MiB per fold at side 4096) are done with: fold them in and drop them.
+    part.compact()
     stack = [t for _, t in sorted(part.stack, key=lambda it: it[0])]
     return SideSums(plan.mode, plan.d, plan.e, g, s, part.parts, part.gparts, part.other, stack, plan.folds,
                     plan.groups, plan.group_by, list(plan.group_names), list(plan.notes), plan.keep_stack)
