@@ -6,7 +6,7 @@
 
 A generated family of N PEFT adapters of Mistral-7B shape (rank 16, bf16; ``q_proj`` 4096 x 4096
 and ``v_proj`` 1024 x 4096 in each of L layers, a planted shared subspace per module under
-noise, the recipe of ``bench_analysis.py``) goes through the CLI's atlas with its defaults (views
+noise: ``bench_cluster.make_family``) goes through the CLI's atlas with its defaults (views
 A and B, every metric the pages show, the null, the shared-init check), in a fresh process with
 a fresh results cache: wall time (what the user waits for, imports and reads included), peak
 memory, and each entry's seconds (``explorer.core.timing``).  Then the same command again: every
@@ -28,44 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_analysis import _table  # noqa: E402  (bench-local module: one table printer)
+from bench_analysis import _table  # noqa: E402  (bench-local modules: one table printer,
+from bench_cluster import make_family  # noqa: E402  one multi-layer family generator)
 
 FULL = dict(n=500, layers=4, dim=4096, v_dim=1024, rank=16)
 QUICK = dict(n=60, layers=2, dim=1024, v_dim=256, rank=16)
-PLANT = 16
 BENCH_DIR = ROOT / "cache" / "bench"
 TARGET_S = 300.0
-
-
-def make_family(folder: Path, p: dict) -> Path:
-    """N adapter folders with q_proj and v_proj of L layers (bf16), written once per recipe."""
-    import torch
-
-    from bench_analysis import planted_pair
-
-    from explorer.zoo.peft_layout import write_adapter
-
-    stamp = folder / ".recipe.json"
-    recipe = json.dumps({**p, "plant": PLANT, "v": 1}, sort_keys=True)
-    if stamp.exists() and stamp.read_text() == recipe:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(4321)
-    decay = 2.0 ** (-torch.arange(PLANT, dtype=torch.float64) / 2)
-
-    def basis(rows: int) -> torch.Tensor:
-        return torch.linalg.qr(torch.randn(rows, PLANT, generator=g, dtype=torch.float64)).Q
-
-    shared = {}
-    for layer in range(p["layers"]):
-        for module, out in (("q_proj", p["dim"]), ("v_proj", p["v_dim"])):
-            shared[f"model.layers.{layer}.self_attn.{module}"] = (basis(p["dim"]).T, basis(out))
-    for i in range(p["n"]):
-        gi = torch.Generator().manual_seed(1000 + i)
-        factors = {m: planted_pair(gi, qa, qb, p["rank"], decay) for m, (qa, qb) in shared.items()}
-        write_adapter(folder / f"adapter-{i:04d}", factors, p["rank"], 32.0)
-    stamp.write_text(recipe)
-    return folder
 
 
 WORKER = r"""
@@ -109,7 +78,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write every measurement here")
     args = ap.parse_args()
     p = QUICK if args.quick else FULL
-    folder = make_family(BENCH_DIR / f"atlas-{'quick' if args.quick else 'full'}-n{p['n']}", p)
+    folder = make_family(BENCH_DIR / f"atlas-{'quick' if args.quick else 'full'}-n{p['n']}", p["n"], p["layers"],
+                         p["dim"], p["v_dim"])
     print(f"family: {p['n']} PEFT adapters x {p['layers']} layers (rank {p['rank']}, q_proj {p['dim']}x{p['dim']}, "
           f"v_proj {p['v_dim']}x{p['dim']}, bf16) in {folder}; {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)

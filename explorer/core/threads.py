@@ -113,9 +113,9 @@ def _others_busy_since_last() -> float | None:
     most :data:`RECENT_S` ago (an atlas runs its entries back to back: 0.25 s saved on each),
     waiting only for what is left of :data:`BUSY_WINDOW_S`; a fresh window otherwise."""
     last = _last_look
-    if last is None or not 0.0 <= time.monotonic() - last[1] <= RECENT_S:
+    age = None if last is None else time.monotonic() - last[1]
+    if age is None or not 0.0 <= age <= RECENT_S:
         return others_busy()
-    age = time.monotonic() - last[1]
     if age < BUSY_WINDOW_S:
         time.sleep(BUSY_WINDOW_S - age)
     current = _cpu_sample()

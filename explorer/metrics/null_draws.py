@@ -114,7 +114,9 @@ def _staircase(spec: NullSpec, rng: np.random.Generator) -> np.ndarray:
     torch.from_numpy(y)[:, :m].triu_()
     j = np.arange(m)
     y[j, j] = np.sqrt(rng.chisquare(d - j)).astype(np.float32)
-    # Each model rescaled to exactly its norm: column norms in float64, 16 MB at a time.
+    # Each model rescaled to exactly its norm: column norms in float64, 16 MB at a time.  Not
+    # through _rescaled: its per-model slabs of this layout reduce at half this speed (0.07 vs
+    # 0.04 s at 4096 x 8000), 15 % of a 1024-side draw.
     step = max(1, (2 << 20) // d)
     cols = np.concatenate([(y[:, a:a + step].astype(np.float64) ** 2).sum(axis=0) for a in range(0, w, step)])
     norms = np.add.reduceat(cols, np.concatenate([[0], np.cumsum(widths)[:-1]]))
