@@ -16,7 +16,8 @@ import torch
 import explorer.pipeline.analyze as pipeline
 from explorer.core.errors import InputError
 from explorer.core.linalg import sign_fix
-from explorer.core.lowrank import LowRank, LowRankSum, as_lowrank, left_products
+from explorer.core.lowrank import LowRank, as_lowrank, left_products
+from explorer.core.lowrank_sum import LowRankSum
 from explorer.engine.options import SpectralOptions
 from explorer.metrics.results import MetricsOptions
 from explorer.sources.resolve import load_family
@@ -198,6 +199,38 @@ def test_running_sum_mixes_dense_terms_and_keeps_folding_after_the_first_fold():
     close(f @ f.T, ref @ ref.T)
     with pytest.raises(InputError, match="cannot join"):
         total.add(LowRank(torch.zeros(10, 12, dtype=F64)))
+
+
+def test_densified_sum_drops_its_factors_and_keeps_adding():
+    # The metrics' fold sums are densified once read: the factors (which grow with N) are not
+    # kept beside the dense sum, and a term added afterwards still lands in it.
+    terms = _terms(3)
+    total = LowRankSum((12, 10), F64, CPU)
+    for x, _ in terms[:2]:
+        total.add(x)
+    assert total.factored
+    dense = total.densify()
+    close(dense, terms[0][1] + terms[1][1])
+    assert not total.factored and total._lbuf is None and total._rbuf is None
+    total.add(terms[2][0])
+    close(total.value().dense(), sum(w for _, w in terms))
+    assert total.densify() is total.value().dense()  # one dense tensor, no copy
+    close(LowRankSum((4, 3), F64, CPU).densify(), np.zeros((4, 3)))
+
+
+def test_partition_sums_hold_no_factors_once_read():
+    from explorer.metrics.heldout import PartitionGrams
+
+    terms = _terms(6)
+    parts = PartitionGrams(np.array([0, 1, 0, 1, 0, 1]), 12, 10, F64, CPU)
+    for i, (x, _) in enumerate(terms):
+        parts.add(i, x)
+    g, s, n = parts.total()
+    close(s, sum(w for _, w in terms))
+    assert n == 6 and all(c._lbuf is None for c in parts._sums)
+    _, s0, n0 = parts.without(0, (g, s, n))
+    close(s0, sum(w for i, (_, w) in enumerate(terms) if i % 2 == 1))
+    close(parts.cell(1)[1], s0)
 
 
 def test_empty_running_sum_is_zero():

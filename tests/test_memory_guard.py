@@ -128,11 +128,13 @@ def test_metrics_release_what_they_no_longer_read_before_the_null(tmp_path, monk
     seen: dict = {}
     finish = local_passes.finish_sums
     monkeypatch.setattr(local_passes, "finish_sums", lambda plan, part: seen.setdefault("sums", finish(plan, part)))
+    measure = local_passes.measure_models
+    monkeypatch.setattr(local_passes, "measure_models", lambda items, ctx: seen.setdefault("measured", measure(items, ctx)))
     null = passes.side_null
 
     def watched(*args, **kwargs):
-        sums = seen["sums"]
-        seen["at_null"] = (list(sums.stack), list(sums.parts._grams), [g._buf for g in sums.parts._grams])
+        sums, measured = seen["sums"], seen["measured"]
+        seen["at_null"] = (list(measured.stack), list(sums.parts._grams), [g._buf for g in sums.parts._grams])
         return null(*args, **kwargs)
 
     monkeypatch.setattr(passes, "side_null", watched)

@@ -1,5 +1,5 @@
 """The side modes' model kernel from the models' stack (explorer.metrics.moments.stack_kernel) and
-the stack's storage (explorer.metrics.sums._compact), against direct float64 products."""
+the stack's storage (explorer.metrics.moments.stack_entry), against direct float64 products."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 
 from explorer.metrics import moments
 from explorer.metrics.moments import stack_kernel
-from explorer.metrics.sums import _compact
+from explorer.metrics.moments import stack_entry as _compact
 
 
 @pytest.mark.parametrize("centred", [False, True])
@@ -32,4 +32,4 @@ def test_stack_is_float32_only_when_exact():
     assert _compact(inexact).dtype == torch.float64
     torch.testing.assert_close(_compact(inexact), inexact, rtol=0, atol=0)
     f32 = torch.tensor([0.1], dtype=torch.float32)
-    assert _compact(f32) is f32
+    assert _compact(f32).data_ptr() == f32.data_ptr()  # its own storage, not a copy

@@ -11,8 +11,8 @@ from them in O(r (d + e)) per product instead of O(d e), never forming X:
 Shapes are checked once, at construction: :meth:`LowRank.from_lora` is the one validation of a
 LoRA triple (B, A, s), with the messages users see; :func:`as_lowrank` turns whatever a stream
 yields (a LowRank, a triple, or a dense Tensor where allowed) into a LowRank of the expected
-shape in the accumulation dtype and device.  :class:`LowRankSum` keeps a running sum of many
-LowRank terms factored until the dense sum is the cheaper object.
+shape in the accumulation dtype and device.  Running sums of many LowRank terms:
+:class:`explorer.core.lowrank_sum.LowRankSum`.
 """
 from __future__ import annotations
 
@@ -330,71 +330,3 @@ def as_lowrank(item: Any, index: int, shape: tuple[int, int], dtype: torch.dtype
             raise InputError(f"{'model' if dense else 'adapter'} {index}: expected {what}") from None
         x = LowRank.from_lora(b, a, s, index=index, shape=(m, n))
     return x if dtype is None else x.to(dtype, device)
-
-
-class LowRankSum:
-    """S = sum_i X_i (d x e) of LowRank terms, kept as concatenated factors until dense is cheaper.
-
-    While the factors' total rank stays at most min(d, e) / 2, S = [s_1 L_1 ... s_N L_N] [R_1; ...; R_N]
-    is held factored (O(rank (d + e)) memory).  Beyond it they are folded into a dense d x e sum
-    by one compute-bound product, after which new terms are folded in batches of
-    max(256, min(d, e) / 8) columns (one rank-r product per term would be memory-bound).
-    Dense terms go straight into the dense sum.
-
-    Parameters
-    ----------
-    shape : (d, e)
-    dtype, device : torch dtype and device of the terms (as :func:`as_lowrank` gives them).
-    """
-
-    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device):
-        self.shape, self.dtype, self.device = (int(shape[0]), int(shape[1])), dtype, device
-        self._left: list[torch.Tensor] = []
-        self._right: list[torch.Tensor] = []
-        self._rank = 0
-        self._dense: torch.Tensor | None = None
-        self._cap = max(1, min(self.shape) // 2)
-        self.count = 0
-
-    def add(self, x: LowRank) -> None:
-        """Add one term X (d x e)."""
-        if x.shape != self.shape:
-            raise InputError(f"a {x.shape[0]}x{x.shape[1]} term cannot join a sum of {self.shape[0]}x{self.shape[1]}")
-        self.count += 1
-        if not x.factored:
-            self._dense = x.left.clone() if self._dense is None else self._dense.add_(x.left)
-            return
-        self._left.append(x.scale * x.left)
-        self._right.append(x.right)
-        self._rank += x.left.shape[1]
-        if self._rank > self._cap:
-            self._fold()
-            self._cap = max(256, min(self.shape) // 8)  # keep folding in wide batches
-
-    def _fold(self) -> None:
-        """Move the pending factors into the dense sum with one product."""
-        if not self._left:
-            return
-        prod = torch.cat(self._left, dim=1) @ torch.cat(self._right, dim=0)
-        self._dense = prod if self._dense is None else self._dense.add_(prod)
-        self._left, self._right, self._rank = [], [], 0
-
-    @property
-    def factored(self) -> bool:
-        """Whether the sum is still held as factors only."""
-        return self._dense is None
-
-    def value(self) -> LowRank:
-        """S itself: factored while its rank is small, else dense (a zero d x 0 product when empty)."""
-        if self._dense is not None:
-            self._fold()
-            return LowRank._make(self._dense, None, 1.0)
-        if not self._left:
-            d, e = self.shape
-            return LowRank._make(torch.zeros(d, 0, dtype=self.dtype, device=self.device),
-                                 torch.zeros(0, e, dtype=self.dtype, device=self.device), 1.0)
-        return LowRank._make(torch.cat(self._left, dim=1), torch.cat(self._right, dim=0), 1.0)
-
-    def gram_factor(self) -> torch.Tensor:
-        """F with F F^T = S S^T, shape (d, q), q <= min(rank, e)."""
-        return self.value().gram_factor()

@@ -15,7 +15,7 @@ small eigh.  Centering subtracts a low-rank or rank-one correction:
 
 * ``model``: G_c = G - S S^T / N with S = sum_i s_i B_i A_i = [s_1 B_1 ... s_N B_N][A_1; ...; A_N],
   kept as concatenated factors while their rank is below min(m, n)/2, dense m x n after
-  (:class:`~explorer.core.lowrank.LowRankSum`);
+  (:class:`~explorer.core.lowrank_sum.LowRankSum`);
 * ``vector``: G_c = G - N n c c^T, c = sum_i s_i B_i (A_i 1) / (N n) (mean column of the
   out-mode unfolding); in-mode uses the mean row, sum_i s_i (1^T B_i) A_i / (N m).
 
@@ -31,7 +31,8 @@ import torch
 
 from explorer.core.errors import InputError
 from explorer.core.linalg import eigh_desc, sign_fix, symmetrize
-from explorer.core.lowrank import LowRank, LowRankSum, as_lowrank
+from explorer.core.lowrank import LowRank, as_lowrank
+from explorer.core.lowrank_sum import LowRankSum
 from explorer.core.progress import ProgressFn
 from explorer.engine.gram import StackedGram
 from explorer.engine.model_gram import decompose_kernel, factored_model_gram

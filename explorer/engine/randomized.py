@@ -31,7 +31,8 @@ import torch
 
 from explorer.core.backend import as_compute
 from explorer.core.errors import InputError, OptionError
-from explorer.core.lowrank import LowRank, LowRankSum, as_lowrank
+from explorer.core.lowrank import LowRank, as_lowrank
+from explorer.core.lowrank_sum import LowRankSum
 from explorer.core.progress import ProgressFn
 from explorer.core.topk import subspace_top_eigh
 from explorer.engine.options import SpectralOptions, Spectrum

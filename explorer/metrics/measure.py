@@ -3,7 +3,9 @@
 Each model is measured against the shared basis (in-sample energies, two-sided coordinates),
 against the basis fitted without its fold (k-fold) or without itself (leave-one-out, downdating
 the Gram by that one model), against the held-out mean (mean-only baseline), and gets its own
-top-k subspace (model x model angles).  What is needed is gathered once in a
+top-k subspace (model x model angles); where the plan keeps it, each model also joins the model
+stack (:func:`explorer.metrics.moments.stack_entry`) here rather than in pass 1, so the stack is
+never held beside the fold Grams (the peak of an analysis at side 4096).  What is needed is gathered once in a
 :class:`MeasureContext`; :func:`measure_models` measures any subset of the models against it
 and returns their rows (:class:`Measured`), so a cluster measures shards of the models on its
 workers and the rows are put together by model index (:meth:`Measured.absorb`).
@@ -24,6 +26,7 @@ from explorer.core.lowrank import LowRank, left_factor_products
 from explorer.core.timing import stage
 from explorer.core.topk import refit_basis
 from explorer.metrics import heldout
+from explorer.metrics.moments import stack_entry
 from explorer.metrics.results import two_sided_curve, two_sided_from_core
 
 # Columns of side matrices stacked into one projection product in pass 2.
@@ -128,6 +131,8 @@ class MeasureContext:
     kk, kc, ka : int
         Basis width, coordinate block side, own-subspace width.
     seed : int
+    keep_stack : bool
+        Gather the models' stack (:attr:`Measured.stack`) for the model kernel and subsamples.
     """
 
     mode: str
@@ -147,6 +152,7 @@ class MeasureContext:
     kc: int
     ka: int
     seed: int
+    keep_stack: bool = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -163,12 +169,14 @@ class Measured:
 
     ``rows`` maps ``one``, ``two``, ``kfold``, ``loo`` (captured-energy curves), ``coords``
     (kc * kc), ``norms2``, and ``kc``, ``ke``, ``lc``, ``le`` (mean-only captured and error, k-fold
-    and leave-one-out) to arrays with one row per model; ``own`` holds each model's own basis.
+    and leave-one-out) to arrays with one row per model; ``own`` holds each model's own basis and
+    ``stack`` (when the context keeps it) each model flattened (:func:`~explorer.metrics.moments.stack_entry`).
     """
 
     index: list[int] = field(default_factory=list)
     rows: dict[str, list] = field(default_factory=dict)
     own: list[np.ndarray] = field(default_factory=list)
+    stack: list[torch.Tensor] = field(default_factory=list)
 
     def absorb(self, other: Measured) -> Measured:
         """Append ``other``'s rows (other models); return self."""
@@ -176,6 +184,7 @@ class Measured:
         for key, vals in other.rows.items():
             self.rows.setdefault(key, []).extend(vals)
         self.own.extend(other.own)
+        self.stack.extend(other.stack)
         return self
 
     def table(self, key: str, n: int, width: int | None = None) -> np.ndarray:
@@ -188,6 +197,13 @@ class Measured:
     def own_bases(self, n: int) -> list[np.ndarray]:
         """Each model's own basis, in model order (every model must have been measured)."""
         by = dict(zip(self.index, self.own))
+        return [by[i] for i in range(n)]
+
+    def stack_in_order(self, n: int) -> list[torch.Tensor]:
+        """The models' stack in model order, each of shape (mn,) (empty when it was not kept)."""
+        if not self.stack:
+            return []
+        by = dict(zip(self.index, self.stack))
         return [by[i] for i in range(n)]
 
 
@@ -233,4 +249,6 @@ def measure_models(items: Iterable[tuple[int, LowRank]], ctx: MeasureContext) ->
                     rows.setdefault("le", []).append(error)
             with stage("own subspaces"):
                 res.own.append(x.left_basis(ctx.ka))
+            if ctx.keep_stack:
+                res.stack.append(stack_entry(x.dense()))
     return res

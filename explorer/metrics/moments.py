@@ -1,7 +1,8 @@
 """Each model's own Gram and matrix, kept side by side (:class:`ModelMoments`): the sums that any
 subset of the models needs for a fit of its own — a subsample (:mod:`subsample`), a relabelled
 group (:mod:`permutation`) — built once per analysis and shared by both; and the models' inner
-products (:func:`stack_kernel`), the side modes' model kernel."""
+products (:func:`stack_kernel`), the side modes' model kernel, from the models' stack
+(:func:`stack_entry`: each model flattened, as compactly as holds it exactly)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,3 +81,27 @@ def stack_kernel(stack: Sequence[torch.Tensor], z: torch.Tensor | None = None) -
 def as_moments(x: ModelMoments | Sequence[torch.Tensor]) -> ModelMoments:
     """``x`` itself, or the moments of the side matrices ``x``."""
     return x if isinstance(x, ModelMoments) else ModelMoments.of(x)
+
+
+def stack_entry(x: torch.Tensor) -> torch.Tensor:
+    """One model of the stack: ``x`` flattened, in float32 when that holds it exactly, else float64.
+
+    Weights stored in bf16, fp16 or fp32 (every real checkpoint) are exact in float32, so the
+    stack takes half the bytes (125 MB instead of 250 at 500 rank-16 factors of side 4096) and
+    its users, who compute in float64 from it, get the same numbers.
+
+    Parameters
+    ----------
+    x : Tensor, any shape with mn entries
+
+    Returns
+    -------
+    Tensor, shape (mn,)
+        On the CPU; ``x``'s own storage when it is a contiguous float32 CPU tensor.
+    """
+    t = x.reshape(-1).cpu()
+    if t.dtype == torch.float32:
+        return t
+    t = t.double()
+    t32 = t.float()
+    return t32 if torch.equal(t32.double(), t) else t

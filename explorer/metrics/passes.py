@@ -124,7 +124,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     passes = passes or LocalPasses(open_stream, n, shape)
     if sums is None:
         sums = passes.sums(plan_sums(n, shape, so, mopts, labels, device, dtype), progress)
-    g, s, parts, gparts, other, stack = sums.gram, sums.side_sum, sums.parts, sums.gparts, sums.other, sums.stack
+    g, s, parts, gparts, other = sums.gram, sums.side_sum, sums.parts, sums.gparts, sums.other
     folds, group_by, group_names = sums.folds, sums.group_by, sums.group_names
     notes, keep_stack, two_sided = list(sums.notes), sums.keep_stack, other is not None
 
@@ -170,7 +170,7 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     k2 = min(kk, v.shape[1])
     kc = min(mopts.k_coord, k2)
     ctx = MeasureContext(mode, n, u, uz, vk, z, zz, folds, fold_fit, do_loo, g if do_loo else None,
-                         s if do_loo else None, center, kk, kc, ka, mopts.seed)
+                         s if do_loo else None, center, kk, kc, ka, mopts.seed, keep_stack)
     with stage("pass 2: measure models"):
         measured = passes.measure(ctx, progress)
     out = {key: measured.table(key, n, width) for key, width in
@@ -179,6 +179,8 @@ def _side_mode(open_stream, n, shape, basis, so, mopts, labels, progress, device
     norms2 = measured.table("norms2", n)
     mean = {key: measured.table(key, n) for key in ("kc", "ke", "lc", "le")}
     own = measured.own_bases(n)
+    stack = measured.stack_in_order(n)
+    measured.stack.clear()
 
     if not norms2.any():
         notes.append(f"the family's energy is 0 after centring {center!r} (e.g. a single model, centred): "

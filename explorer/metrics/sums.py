@@ -1,8 +1,8 @@
 """Pass 1 of the out/in-mode metrics: what is gathered over the models before any basis is known.
 
 One read of every model accumulates, per fold and per metadata group, the Gram and sum of the
-side matrices (:class:`~explorer.metrics.heldout.PartitionGrams`), the other side's Gram, and the
-small model stack.  The total Gram and sum are the decomposition's own, so the pipeline
+side matrices (:class:`~explorer.metrics.heldout.PartitionGrams`) and the other side's Gram (the
+small model stack is gathered by pass 2, when the fold Grams are gone).  The total Gram and sum are the decomposition's own, so the pipeline
 decomposes them (:func:`explorer.engine.dense.decompose_gram`) instead of reading the models
 once more to build the same Gram: :func:`side_sums` is that shared pass.
 """
@@ -79,11 +79,9 @@ class SideSums:
         Per fold (and per metadata group, or None) Gram and sum.
     other : StackedGram or None
         The other side's Gram sum X_i^T X_i (None when it exceeds the budget).
-    stack : list of Tensor
-        Each model flattened (float32 when exact, else float64), kept while the N x mn stack is
-        small (else empty).
     folds, groups : ndarray of int or None
-    group_by, group_names, notes, keep_stack : the choices pass 1 made.
+    group_by, group_names, notes, keep_stack : the choices pass 1 made (``keep_stack``: whether
+        pass 2 gathers the N x mn model stack).
     """
 
     mode: str
@@ -94,7 +92,6 @@ class SideSums:
     parts: heldout.PartitionGrams
     gparts: heldout.PartitionGrams | None
     other: StackedGram | None
-    stack: list
     folds: np.ndarray | None
     groups: np.ndarray | None
     group_by: str | None
@@ -126,7 +123,7 @@ class SumsPlan:
     group_names : list of str
     notes : tuple of str
     keep_stack, two_sided : bool
-        Whether the N x mn stack and the other side's Gram are gathered.
+        Whether the N x mn stack (by pass 2) and the other side's Gram are gathered.
     dtype, device : the accumulation's.
     """
 
@@ -146,7 +143,7 @@ class SumsPlan:
 
 
 def plan_sums(n, shape, so, mopts: MetricsOptions, labels, device, dtype) -> SumsPlan:
-    """Decide the folds, groups, stack and other-side Gram of pass 1 (nothing is read)."""
+    """Decide the folds, groups, other-side Gram (and whether pass 2 stacks the models): nothing is read."""
     mode = so.mode
     m, ncol = shape
     d, e = (m, ncol) if mode == "out" else (ncol, m)
@@ -181,14 +178,14 @@ def plan_sums(n, shape, so, mopts: MetricsOptions, labels, device, dtype) -> Sum
 class PartialSums:
     """Pass 1 over some of the models (a shard): sums that add up across shards.
 
-    ``stack`` holds (model index, flattened model) pairs.  :meth:`absorb` adds another shard's
-    sums to these (the tree reduction of a cluster run); one shard of every model is the local run.
+    :meth:`absorb` adds another shard's sums to these (the tree reduction of a cluster run); one
+    shard of every model is the local run.  (The models' stack is gathered by pass 2,
+    :class:`explorer.metrics.measure.Measured`, after the fold Grams are released.)
     """
 
     parts: heldout.PartitionGrams
     gparts: heldout.PartitionGrams | None
     other: StackedGram | None
-    stack: list
 
     def absorb(self, other: PartialSums) -> PartialSums:
         """Add ``other``'s sums (over other models) to these; return self."""
@@ -197,7 +194,6 @@ class PartialSums:
             self.gparts.absorb(other.gparts)
         if self.other is not None:
             self.other.absorb(other.other)
-        self.stack.extend(other.stack)
         return self
 
     def compact(self) -> PartialSums:
@@ -211,36 +207,20 @@ class PartialSums:
 
 
 def accumulate(items: Iterable[tuple[int, LowRank]], plan: SumsPlan) -> PartialSums:
-    """Pass 1 over ``(model index, side matrix)`` pairs: per-fold and per-group Gram sums, the
-    other side's Gram, the small model stack."""
+    """Pass 1 over ``(model index, side matrix)`` pairs: per-fold and per-group Gram sums and the
+    other side's Gram."""
     n, d, e, dtype, device = plan.n, plan.d, plan.e, plan.dtype, plan.device
     out = PartialSums(heldout.PartitionGrams(plan.folds if plan.folds is not None else np.zeros(n, int), d, e, dtype,
                                              device),
                       heldout.PartitionGrams(plan.groups, d, e, dtype, device) if plan.groups is not None else None,
-                      StackedGram(e, dtype, device) if plan.two_sided else None, [])
+                      StackedGram(e, dtype, device) if plan.two_sided else None)
     for i, x in items:
         out.parts.add(i, x)
         if out.gparts is not None:
             out.gparts.add(i, x)
         if out.other is not None:
             out.other.add(x.cogram_factor())
-        if plan.keep_stack:
-            out.stack.append((i, _compact(x.dense().reshape(-1).cpu())))
     return out
-
-
-def _compact(t: torch.Tensor) -> torch.Tensor:
-    """A flattened model in float32 when that holds it exactly, else in float64.
-
-    Weights stored in bf16, fp16 or fp32 (every real checkpoint) are exact in float32, so the
-    stack takes half the bytes (125 MB instead of 250 at 500 rank-16 factors of side 4096) and
-    its users, who compute in float64 from it, get the same numbers.
-    """
-    if t.dtype == torch.float32:
-        return t
-    t = t.double()
-    t32 = t.float()
-    return t32 if torch.equal(t32.double(), t) else t
 
 
 def finish_sums(plan: SumsPlan, part: PartialSums) -> SideSums:
@@ -248,6 +228,5 @@ def finish_sums(plan: SumsPlan, part: PartialSums) -> SideSums:
     g, s, _ = part.parts.total()
     # The stacking buffers (64 MiB per fold at side 4096) are done with: fold them in and drop them.
     part.compact()
-    stack = [t for _, t in sorted(part.stack, key=lambda it: it[0])]
-    return SideSums(plan.mode, plan.d, plan.e, g, s, part.parts, part.gparts, part.other, stack, plan.folds,
+    return SideSums(plan.mode, plan.d, plan.e, g, s, part.parts, part.gparts, part.other, plan.folds,
                     plan.groups, plan.group_by, list(plan.group_names), list(plan.notes), plan.keep_stack)
