@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from explorer.metrics import moments
-from explorer.metrics.moments import stack_kernel
-from explorer.metrics.moments import stack_entry as _compact
+from explorer.metrics.moments import stack_entry, stack_kernel
 
 
 @pytest.mark.parametrize("centred", [False, True])
@@ -27,9 +26,9 @@ def test_stack_kernel_equals_the_stacked_product(monkeypatch, centred):
 def test_stack_is_float32_only_when_exact():
     exact = torch.tensor([0.5, -1.25, 3.0], dtype=torch.float64)
     inexact = torch.tensor([0.1, 1.0 / 3.0], dtype=torch.float64)
-    assert _compact(exact).dtype == torch.float32
-    torch.testing.assert_close(_compact(exact).double(), exact, rtol=0, atol=0)
-    assert _compact(inexact).dtype == torch.float64
-    torch.testing.assert_close(_compact(inexact), inexact, rtol=0, atol=0)
+    assert stack_entry(exact).dtype == torch.float32
+    torch.testing.assert_close(stack_entry(exact).double(), exact, rtol=0, atol=0)
+    assert stack_entry(inexact).dtype == torch.float64
+    torch.testing.assert_close(stack_entry(inexact), inexact, rtol=0, atol=0)
     f32 = torch.tensor([0.1], dtype=torch.float32)
-    assert _compact(f32).data_ptr() == f32.data_ptr()  # its own storage, not a copy
+    assert stack_entry(f32).data_ptr() == f32.data_ptr()  # its own storage, not a copy

@@ -62,7 +62,6 @@ class PartitionGrams:
         # Sums kept as stacked factors and folded by wide products: adding one rank-16 ΔW to a
         # 4096 x 4096 sum per model is memory-bound (500 of them took longer than the Gram).
         self._sums = [LowRankSum((d, e), dtype, device) for _ in range(self.n_cells)]
-        self._dense: list[torch.Tensor | None] = [None] * self.n_cells
         self.count = np.bincount(self.cells, minlength=self.n_cells)
 
     def add(self, i: int, x: LowRank) -> None:
@@ -70,7 +69,6 @@ class PartitionGrams:
         c = int(self.cells[i])
         self._grams[c].add(x.gram_factor())
         self._sums[c].add(x)
-        self._dense[c] = None
 
     def absorb(self, other: PartitionGrams) -> None:
         """Add the Grams and sums of ``other`` (the same partition, other models) to these cells."""
@@ -79,7 +77,6 @@ class PartitionGrams:
         for c in range(self.n_cells):
             self._grams[c].absorb(other._grams[c])
             self._sums[c].add(other._sums[c].value())
-            self._dense[c] = None
 
     def compact(self) -> None:
         """Fold every cell's pending Gram buffer in and drop it, and trim the sums' factor buffers
@@ -92,7 +89,7 @@ class PartitionGrams:
     def release(self) -> None:
         """Drop every cell's Gram and sum once nothing reads them again (the fold bases are fitted):
         at side 4096 five fold Grams are 670 MB that the rest of an analysis does not need."""
-        self._grams, self._sums, self._dense = [], [], []
+        self._grams, self._sums = [], []
 
     def _gram(self, c: int) -> torch.Tensor:
         return self._grams[c].flush()
@@ -100,9 +97,7 @@ class PartitionGrams:
     def _sum(self, c: int) -> torch.Tensor:
         # Densified in place: the cell's factors are not kept beside its dense sum (they grow with
         # N, 5 x 105 MB at 500 rank-16 ΔW of side 4096, while the dense sums do not).
-        if self._dense[c] is None:
-            self._dense[c] = self._sums[c].densify()
-        return self._dense[c]
+        return self._sums[c].densify()
 
     def total(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Raw Gram, sum and count over all models."""

@@ -194,17 +194,18 @@ class Measured:
             out[i] = row
         return out
 
+    def _in_model_order(self, values: list, n: int) -> list:
+        """``values`` (one per measured model, in ``index`` order) reordered by model index 0..n-1."""
+        by = dict(zip(self.index, values))
+        return [by[i] for i in range(n)]
+
     def own_bases(self, n: int) -> list[np.ndarray]:
         """Each model's own basis, in model order (every model must have been measured)."""
-        by = dict(zip(self.index, self.own))
-        return [by[i] for i in range(n)]
+        return self._in_model_order(self.own, n)
 
     def stack_in_order(self, n: int) -> list[torch.Tensor]:
         """The models' stack in model order, each of shape (mn,) (empty when it was not kept)."""
-        if not self.stack:
-            return []
-        by = dict(zip(self.index, self.stack))
-        return [by[i] for i in range(n)]
+        return self._in_model_order(self.stack, n) if self.stack else []
 
 
 def measure_models(items: Iterable[tuple[int, LowRank]], ctx: MeasureContext) -> Measured:
